@@ -290,12 +290,17 @@ def recommend(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the chosen config (.toml or .json).")]
     = None,
+    workers: Annotated[int, typer.Option(help="Run trials in this many local worker processes (needs --storage "
+                                         "a journal .log file or a database URL; threads are split).", min=1)] = 1,
+    heartbeat: Annotated[int | None, typer.Option(help="Heartbeat interval in seconds on database storages "
+                                                  "(a silent worker's trial is re-run after 3 intervals).",
+                                                  min=1)] = None,
 ) -> None:
     """Search compression methods under a memory budget, rank them, and recommend one with evidence."""
     from embadvisor.advisor import report
     from embadvisor.advisor.recommend import recommend as run_recommend
     from embadvisor.advisor.search import SearchSettings
-    from embadvisor.advisor.workloads import default_workload, workload_from_data
+    from embadvisor.advisor.workloads import load_workload
     from embadvisor.tasks.trainer import TrainConfig
     from embadvisor.units import parse_duration, parse_size
 
@@ -315,7 +320,11 @@ def recommend(
             get_method(m)
     from embadvisor.advisor.recommend import open_storage
 
-    store = open_storage(storage)  # fail fast, before any data is prepared
+    if workers > 1:
+        from embadvisor.advisor.distributed import check_parallel_storage
+
+        check_parallel_storage(storage)
+    store = open_storage(storage, heartbeat_s=heartbeat)  # fail fast, before any data is prepared
     target = None
     if profile_spec is not None:
         from embadvisor.profiles import resolve_profile
@@ -324,16 +333,8 @@ def recommend(
     err = report.console_err()
     if data is None and target is None:
         err.print(f"[dim]preparing the built-in {task} workload...[/]")
-        workload = default_workload(task, seed=seed)
-    elif data is None:
-        raise fail("--profile needs --data (the data trained here); or drop both for the built-in workload.")
-    else:
-        from embadvisor.tasks.datasets import load_task_data
-
-        field_list = [f.strip() for f in fields.split(",") if f.strip()] if fields else None
-        td = load_task_data(task, data, fmt=fmt, label=label, fields=field_list, seed=seed)
-        dim = target.embedding_dim if target is not None else (64 if task == "retrieval" else 16)
-        workload = workload_from_data(task, td, target, dim)
+    field_list = [f.strip() for f in fields.split(",") if f.strip()] if fields else None
+    workload = load_workload(task, data, target, fmt=fmt, label=label, fields=field_list, seed=seed)
     bs = batch_size or (4096 if task == "ctr" else 1024)
     settings = SearchSettings(
         budget_bytes=nbytes, scope=budget_scope, model=model, methods=method_list, trials=trials,
@@ -344,7 +345,7 @@ def recommend(
     err.print(f"[dim]{workload.description}[/]")
     with report.SearchProgress(trials, limit, enabled=not as_json) as progress:
         rec = run_recommend(workload, settings, storage=storage, study_name=study, on_trial=progress.on_trial,
-                            on_phase=progress.on_phase, store=store)
+                            on_phase=progress.on_phase, store=store, workers=workers, heartbeat_s=heartbeat)
     if output is not None:
         from embadvisor.advisor.export import write_config
 
@@ -354,6 +355,33 @@ def recommend(
         emit_json({k: v for k, v in rec.items() if k != "config"})
     else:
         report.print_recommendation(rec)
+
+
+@app.command()
+@user_errors
+def worker(
+    storage: Annotated[str, typer.Option(help="The study's storage: postgresql://user:pass@host/db (many machines) "
+                                         "or a journal .log file (one machine).")],
+    study: Annotated[str, typer.Option(help="The study to join (created by `embadvisor recommend`).")],
+    threads: Annotated[int, typer.Option(help="torch threads for this worker.", min=1)] = 1,
+    heartbeat: Annotated[int | None, typer.Option(help="Heartbeat interval in seconds on database storages.",
+                                                  min=1)] = None,
+    quiet: Annotated[bool, typer.Option(help="No per-trial lines.")] = False,
+) -> None:
+    """Join a study and run its trials until the study's trial or time budget is reached (one process)."""
+    from embadvisor.advisor import report
+    from embadvisor.advisor.distributed import run_worker
+    from embadvisor.advisor.recommend import open_storage
+
+    err = report.console_err()
+
+    def on_trial(_study: Any, t: Any) -> None:
+        if not quiet:
+            err.print(f"trial {t.number}: {t.state.name.lower()} {t.user_attrs.get('method', '')} "
+                      f"{'' if t.value is None else f'{t.value:.4f}'}")
+
+    counts = run_worker(open_storage(storage, heartbeat_s=heartbeat), study, threads=threads, on_trial=on_trial)
+    err.print(f"study {study}: {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed")
 
 
 @app.command()

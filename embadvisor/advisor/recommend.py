@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import platform
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,14 @@ from typing import Any
 import optuna
 
 from embadvisor.advisor import rank
+from embadvisor.advisor.distributed import check_parallel_storage, run_local_workers
 from embadvisor.advisor.search import (
     Search,
     SearchSettings,
     default_study_name,
+    heartbeat_enabled,
     make_study,
+    recover_abandoned,
     run_study,
     study_key,
     trial_counts,
@@ -32,7 +36,7 @@ from embadvisor.errors import EmbAdvisorError
 from embadvisor.units import format_size
 from embadvisor.version import __version__
 
-__all__ = ["CONFIG_VERSION", "default_storage", "open_storage", "recommend"]
+__all__ = ["CONFIG_VERSION", "default_storage", "open_storage", "prepare_study", "recommend"]
 
 CONFIG_VERSION = 1
 
@@ -42,8 +46,17 @@ def default_storage() -> str:
     return f"sqlite:///{cache_dir() / 'studies.db'}"
 
 
-def open_storage(url: str | None) -> Any:
-    """An Optuna storage for ``url`` (SQLite/PostgreSQL/MySQL URL, or a journal ``.log`` file)."""
+#: heartbeat interval of RDB storages (PostgreSQL, MySQL) in seconds; a trial whose worker sent none
+#: for 3 intervals is failed and re-run by another worker
+HEARTBEAT_S = 10
+
+
+def open_storage(url: str | None, *, heartbeat_s: int | None = None) -> Any:
+    """An Optuna storage for ``url`` (SQLite/PostgreSQL/MySQL URL, or a journal ``.log`` file).
+
+    Server-backed RDB storages get heartbeats and Optuna's stale-trial retry callback, so trials of
+    workers that die are failed and re-run.
+    """
     url = url or default_storage()
     try:
         if url.endswith((".log", ".journal")) and "://" not in url:
@@ -54,7 +67,14 @@ def open_storage(url: str | None) -> Any:
             return JournalStorage(JournalFileBackend(url))
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if "sqlite" not in url else {})
+            return optuna.storages.RDBStorage(url)
+        hb = heartbeat_s or HEARTBEAT_S
+        with warnings.catch_warnings():  # heartbeats are flagged experimental; Optuna's documented way
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=hb, grace_period=3 * hb,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+            )
     except Exception as e:  # sqlalchemy / driver errors: one clear line
         raise EmbAdvisorError(
             f"cannot open storage {url!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
@@ -76,21 +96,39 @@ def recommend(
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
     on_phase: Callable[[str], None] | None = None,
     store: Any = None,
+    workers: int = 1,
+    heartbeat_s: int | None = None,
 ) -> dict[str, Any]:
-    """Search, rank and recommend; returns the recommendation (also stored on the study)."""
+    """Search, rank and recommend; returns the recommendation (also stored on the study).
+
+    ``workers > 1`` runs the trials in that many local worker processes on a shareable ``storage``
+    (a journal file or a database URL); the torch threads are split between them.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
     search = Search(workload, settings)
     search.check_feasible()
     key = study_key(workload, settings)
     name = study_name or default_study_name(key)
-    store = store if store is not None else open_storage(storage)
-    study = make_study(search, store, name, key)
+    if workers > 1:
+        check_parallel_storage(storage)
+    store = store if store is not None else open_storage(storage, heartbeat_s=heartbeat_s)
+    study = prepare_study(search, store, name, key)
     full_fits = search.plans.get("full") is not None and search.plans["full"].feasible
 
     if on_phase:
         on_phase("search")
-    run_study(search, study, on_trial=on_trial)
+    if workers > 1:
+        if workload.spec is None:
+            raise EmbAdvisorError("--workers needs a workload loaded from a file or a built-in default (it has no "
+                                  "spec other processes can rebuild it from).")
+        assert storage is not None
+        run_local_workers(study, storage, workers, threads=settings.train.threads or 1, heartbeat_s=heartbeat_s,
+                          on_trial=on_trial)
+    else:
+        if not heartbeat_enabled(study):
+            recover_abandoned(study)  # SQLite / journal run alone: RUNNING trials are from a killed process
+        run_study(search, study, on_trial=on_trial, deadline=study.user_attrs.get("deadline"))
     cands = rank.top_candidates(study, settings.retrain_top)
     if not cands:
         counts = trial_counts(study)
@@ -143,6 +181,17 @@ def recommend(
     }
     study.set_user_attr("recommendation", _jsonable(rec))
     return rec
+
+
+def prepare_study(search: Search, store: Any, name: str, key: dict[str, Any]) -> optuna.Study:
+    """Create or resume the study, store what workers elsewhere need to join it (``spec``, ``deadline``),
+    and enqueue each feasible method's solver default."""
+    settings = search.s
+    study = make_study(search, store, name, key)
+    study.set_user_attr("spec", {"workload": search.w.spec, "settings": settings.to_dict()})
+    study.set_user_attr("deadline", time.time() + settings.time_limit_s if settings.time_limit_s else None)
+    search.enqueue_defaults(study)
+    return study
 
 
 def export_config(workload: Workload, settings: SearchSettings, plan: Any, win: rank.Candidate,

@@ -20,6 +20,8 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,7 +39,7 @@ from embadvisor.tasks.trainer import TrainConfig, TrainingDiverged
 from embadvisor.units import format_size
 from embadvisor.version import __version__
 
-__all__ = ["SearchSettings", "StudyMismatch", "Search", "study_key"]
+__all__ = ["SearchSettings", "StudyMismatch", "Search", "is_counted", "run_study", "study_key"]
 
 BUDGET_USE = (0.6, 1.0)
 
@@ -87,6 +89,19 @@ class SearchSettings:
         if self.methods is not None:
             for m in self.methods:
                 get_method(m)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (stored on the study so workers on other machines run the same search)."""
+        d = dataclasses.asdict(self)
+        d["methods"] = list(self.methods) if self.methods is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchSettings:
+        d = dict(d)
+        d["train"] = TrainConfig(**d.get("train", {}))
+        d["methods"] = tuple(d["methods"]) if d.get("methods") is not None else None
+        return cls(**d)
 
 
 def study_key(workload: Workload, settings: SearchSettings) -> dict[str, Any]:
@@ -183,6 +198,18 @@ class Search:
                 study.enqueue_trial({"method": m, f"{m}.budget_use": 1.0}, skip_if_exists=True)
 
     def objective(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        if is_surplus(trial, self.s.trials):
+            # another worker started the study's last trial a moment before this one was created
+            trial.set_user_attr("surplus", True)
+            raise optuna.TrialPruned(f"surplus: the study already has its {self.s.trials} trials")
+        try:
+            return self._objective(trial)
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)  # Optuna marks it failed; it does not count
+            raise
+
+    def _objective(self, trial: optuna.Trial) -> float:
         method = trial.suggest_categorical("method", self.feasible)
         use = 1.0 if method == "full" else trial.suggest_float(f"{method}.budget_use", *BUDGET_USE)
         fixed = {k: suggest(trial, f"{method}.{k}", d) for k, d in self.space(method).items()}
@@ -249,32 +276,92 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
     }
 
 
+def is_counted(t: optuna.trial.FrozenTrial) -> bool:
+    """Whether a finished trial counts toward the study's trial budget.
+
+    Complete and pruned trials count, and failed ones whose objective recorded why (an exception,
+    a divergence). Trials failed because their worker died (a stale heartbeat: Optuna re-runs them
+    as a new trial), interrupted with Ctrl-C, or closed as surplus do not count.
+    """
+    if t.user_attrs.get("surplus") or t.user_attrs.get("interrupted"):
+        return False
+    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return t.state == TrialState.FAIL and "failure" in t.user_attrs
+
+
+def is_surplus(trial: optuna.Trial, n_trials: int) -> bool:
+    """True when ``n_trials`` counted or running trials were created before this one."""
+    ahead = sum(1 for t in trial.study.get_trials(deepcopy=False)
+                if t.number < trial.number and (t.state == TrialState.RUNNING or is_counted(t)))
+    return ahead >= n_trials
+
+
+def heartbeat_enabled(study: optuna.Study) -> bool:
+    from optuna.storages._heartbeat import is_heartbeat_enabled  # the check Study.optimize itself uses
+
+    return is_heartbeat_enabled(study._storage)
+
+
+def recover_abandoned(study: optuna.Study) -> int:
+    """For single-process storages (SQLite, journal) before a lone run: fail and re-enqueue trials a killed
+    earlier process left RUNNING. Returns how many."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        n += 1
+    return n
+
+
 def run_study(
     search: Search,
     study: optuna.Study,
     *,
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+    deadline: float | None = None,
+    poll_s: float = 1.0,
 ) -> None:
-    """Run the missing trials (resume-aware) until ``trials`` or the time limit."""
+    """Run trials until the study has ``trials`` counted trials (:func:`is_counted`) or the deadline passes.
+
+    Safe with many workers on one study: a trial is started only while counted + running trials are
+    fewer than ``trials``; with heartbeats (RDB storages) a worker waits for running trials and
+    Optuna fails and re-runs the trials of dead workers (``fail_stale_trials`` + the retry callback).
+    """
     s = search.s
-    search.enqueue_defaults(study)
-    finished = sum(1 for t in study.trials if t.state.is_finished())
-    todo = max(0, s.trials - finished)
-    if todo == 0:
-        return
+    if deadline is None and s.time_limit_s is not None:
+        deadline = time.time() + s.time_limit_s
+    heartbeat = heartbeat_enabled(study)
     callbacks = [on_trial] if on_trial else []
-    study.optimize(search.objective, n_trials=todo, timeout=s.time_limit_s, catch=(Exception,),
-                   callbacks=callbacks, gc_after_trial=True)
+    while deadline is None or time.time() < deadline:
+        trials = study.get_trials(deepcopy=False)
+        done = sum(map(is_counted, trials))
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        if done >= s.trials:
+            return
+        if done + running >= s.trials:
+            if not heartbeat:
+                return  # without heartbeats a dead worker's trial cannot be told from a live one
+            optuna.storages.fail_stale_trials(study)
+            time.sleep(poll_s)
+            continue
+        study.optimize(search.objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=True)
 
 
-def make_study(search: Search, storage: Any, name: str, key: dict[str, Any]) -> optuna.Study:
-    """Create or resume the study; refuse a name already used for another workload or budget."""
+def make_study(search: Search, storage: Any, name: str, key: dict[str, Any], *,
+               sampler_seed: int | None = None) -> optuna.Study:
+    """Create or resume the study; refuse a name already used for another workload or budget.
+
+    ``sampler_seed`` (default: the search seed) must differ between workers of one study, or
+    seeded samplers that see the same history propose the same parameters.
+    """
     import warnings
 
     s = search.s
+    seed = s.seed if sampler_seed is None else sampler_seed
     with warnings.catch_warnings():  # `group` is flagged experimental; we rely on it on purpose
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True, n_startup_trials=4)
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=4)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0, interval_steps=1)
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler,
                                 pruner=pruner, load_if_exists=True)

@@ -19,13 +19,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from embadvisor.errors import DataError, InvalidConfigError
 from embadvisor.profiles import get_preset
 from embadvisor.profiles.schema import FieldProfile, WorkloadProfile
 from embadvisor.tasks.api import TaskData
 
-__all__ = ["DEFAULTS", "Workload", "cache_dir", "default_workload", "proxy_profile", "workload_from_data"]
+__all__ = ["DEFAULTS", "Workload", "cache_dir", "default_workload", "load_workload", "proxy_profile",
+           "workload_from_data", "workload_from_spec"]
 
 #: task -> (target preset, proxy ids, proxy rows)
 DEFAULTS = {"ctr": ("criteo-kaggle", 300_000, 200_000), "retrieval": ("retrieval-catalog", 12_000, 300_000)}
@@ -41,6 +43,7 @@ class Workload:
         data: the data trained here (the target's own data, or a proxy).
         proxy: whether ``data`` is a smaller proxy of the target.
         description: one line for reports.
+        spec: how to rebuild it elsewhere (a worker on another machine): see :func:`workload_from_spec`.
     """
 
     task: str
@@ -48,6 +51,7 @@ class Workload:
     data: TaskData
     proxy: bool
     description: str
+    spec: dict[str, Any] | None = None
 
     @property
     def dim(self) -> int:
@@ -104,7 +108,7 @@ def default_workload(task: str, seed: int = 0) -> Workload:
     desc = (f"built-in default: target {preset} ({target.total_ids:,} ids), trained on a synthetic proxy of "
             f"{sum(t.num_embeddings for t in data.tables(target.embedding_dim)):,} ids and {data.num_train:,} "
             "training rows at the same compression ratio")
-    return Workload(task, target, data, True, desc)
+    return Workload(task, target, data, True, desc, spec={"kind": "default", "task": task, "seed": seed})
 
 
 def workload_from_data(task: str, data: TaskData, profile: WorkloadProfile | None, dim: int) -> Workload:
@@ -131,3 +135,51 @@ def workload_from_data(task: str, data: TaskData, profile: WorkloadProfile | Non
     desc = (f"target {profile.name} ({profile.total_ids:,} ids); trained on {data.name} ({own.total_ids:,} ids) "
             + ("as a proxy at the same compression ratio" if bigger else "directly"))
     return Workload(task, profile, data, bigger, desc)
+
+
+def load_workload(
+    task: str,
+    data: str | Path | None = None,
+    profile: WorkloadProfile | None = None,
+    *,
+    fmt: str | None = None,
+    label: str | None = None,
+    fields: list[str] | None = None,
+    seed: int = 0,
+) -> Workload:
+    """The workload for a task: the built-in default (no data, no profile) or the user's data + optional target.
+
+    The returned workload carries a JSON-able ``spec`` (data location, reader options, the target
+    profile itself) so another process can rebuild it with :func:`workload_from_spec`.
+    """
+    if data is None and profile is None:
+        return default_workload(task, seed=seed)
+    if data is None:
+        raise InvalidConfigError("--profile needs --data (the data trained here); or drop both for the built-in "
+                                 "workload.")
+    from embadvisor.tasks.datasets import load_task_data
+
+    path = Path(data).expanduser().resolve()
+    td = load_task_data(task, path, fmt=fmt, label=label, fields=fields, seed=seed)
+    dim = profile.embedding_dim if profile is not None else (64 if task == "retrieval" else 16)
+    w = workload_from_data(task, td, profile, dim)
+    w.spec = {"kind": "data", "task": task, "path": str(path), "fmt": fmt, "label": label, "fields": fields,
+              "seed": seed, "profile": profile.to_dict() if profile is not None else None}
+    return w
+
+
+def workload_from_spec(spec: dict[str, Any]) -> Workload:
+    """Rebuild a workload from its ``spec`` (as stored on a study)."""
+    kind = spec.get("kind")
+    if kind == "default":
+        return default_workload(spec["task"], seed=int(spec.get("seed", 0)))
+    if kind == "data":
+        path = Path(spec["path"])
+        if not path.exists():
+            raise DataError(f"the study's data {str(path)!r} does not exist on this machine. Make the same file "
+                            "available at that path (e.g. a shared mount) and start the worker again.")
+        profile = WorkloadProfile.from_dict(spec["profile"]) if spec.get("profile") else None
+        return load_workload(spec["task"], path, profile, fmt=spec.get("fmt"), label=spec.get("label"),
+                             fields=spec.get("fields"), seed=int(spec.get("seed", 0)))
+    raise InvalidConfigError(f"unknown workload spec kind {kind!r}; the study was written by another embadvisor "
+                             "version.")
