@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import optuna
 import pytest
@@ -32,11 +33,15 @@ SLOW = TrainConfig(batch_size=1024, max_steps=400, eval_every=100, patience=0, l
 @pytest.fixture(scope="module")
 def pg() -> str:
     url = os.environ.get("EMBADVISOR_TEST_POSTGRES")
-    if not url:
-        msg = 'EMBADVISOR_TEST_POSTGRES is not set: run `eval "$(.ci/postgres)"` first (it starts a local server)'
-        if os.environ.get("CI", "").lower() in ("1", "true"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+    if not url:  # start the throwaway local server the way CI does
+        script = Path(__file__).resolve().parents[2] / ".ci" / "postgres"
+        res = subprocess.run([str(script)], capture_output=True, text=True, timeout=900)
+        url = res.stdout.strip().rpartition("EMBADVISOR_TEST_POSTGRES=")[2] if res.returncode == 0 else ""
+        if not url:
+            msg = f"no PostgreSQL for the worker tests ({script} failed: {res.stderr.strip()[-200:]})"
+            if os.environ.get("CI", "").lower() in ("1", "true"):
+                pytest.fail(msg)
+            pytest.skip(msg)
     return url
 
 
