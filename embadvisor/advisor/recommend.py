@@ -112,22 +112,22 @@ def recommend(
     name = study_name or default_study_name(key)
     if workers > 1:
         check_parallel_storage(storage)
+        if workload.spec is None:
+            raise EmbAdvisorError("--workers needs a workload loaded from a file or a built-in default (it has no "
+                                  "spec other processes can rebuild it from).")
     store = store if store is not None else open_storage(storage, heartbeat_s=heartbeat_s)
     study = prepare_study(search, store, name, key)
     full_fits = search.plans.get("full") is not None and search.plans["full"].feasible
 
     if on_phase:
         on_phase("search")
+    if not heartbeat_enabled(study):
+        recover_abandoned(study)  # SQLite / journal: RUNNING trials are from a killed process
     if workers > 1:
-        if workload.spec is None:
-            raise EmbAdvisorError("--workers needs a workload loaded from a file or a built-in default (it has no "
-                                  "spec other processes can rebuild it from).")
         assert storage is not None
         run_local_workers(study, storage, workers, threads=settings.train.threads or 1, heartbeat_s=heartbeat_s,
                           on_trial=on_trial)
     else:
-        if not heartbeat_enabled(study):
-            recover_abandoned(study)  # SQLite / journal run alone: RUNNING trials are from a killed process
         run_study(search, study, on_trial=on_trial, deadline=study.user_attrs.get("deadline"))
     cands = rank.top_candidates(study, settings.retrain_top)
     if not cands:
