@@ -19,10 +19,16 @@ RATIOS = (0.5, 0.1, 0.01, 0.001)
 def settings(plan) -> str:  # type: ignore[no-untyped-def]
     params = plan.params()
     if params and all(isinstance(v, dict) for v in params.values()):
-        knob = get_method(plan.method).size_knob
-        vals = [v.get(knob) for v in params.values()] if knob else []
-        shown = ", ".join(f"{k}:{v.get(knob)}" for k, v in list(params.items())[:6]) if knob else ""
-        return f"{len(params)} tables compressed; {knob} per table: {shown}{' ...' if len(vals) > 6 else ''}"
+        # the knob, plus any other setting the solver varied between tables (e.g. tt_rec's cache_rows)
+        first = next(iter(params.values()))
+        keys = [k for k in first if k != "seed" and (k == get_method(plan.method).size_knob
+                                                     or len({str(v.get(k)) for v in params.values()}) > 1)]
+        def fmt(x: object) -> str:
+            return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+        shown = ", ".join(f"{t}:{'/'.join(fmt(v.get(k)) for k in keys)}" for t, v in list(params.items())[:6])
+        return (f"{len(params)} tables compressed; {'/'.join(keys)} per table: {shown}"
+                f"{' ...' if len(params) > 6 else ''}")
     return ", ".join(f"{k}={v}" for k, v in params.items() if k != "seed")
 
 

@@ -30,6 +30,14 @@ with its ``G3`` slice. Cost: ``d1·d2·r^2`` multiply-adds per distinct pair plu
 distinct id. (The dense core gradients, up to the cores' size, are not counted in the training
 memory, as for every method's gradients.)
 
+Hot-row cache (TT-Rec's cache of frequently used rows, here static): the ``cache_rows`` most
+frequent ids get an exclusive full-precision row (an ``nn.Embedding`` with sparse gradients) and
+never touch the cores; their ids are kept sorted in an integer buffer (``int32`` below 2^31 rows).
+The solver raises the rank up to :data:`CACHE_RANK` first and spends the rest of the budget on
+cache rows: a rank beyond that costs ``~r^2`` time per lookup for little quality (TT-Rec trains
+ranks 8-64), while under a Zipf id distribution a cache of the hottest ids serves most lookups at
+the speed of a plain table.
+
 Initialisation: every core is truncated normal (at 2 std, rescaled to the target std) with the
 same std ``s = (b^2 / (3 r^2))^(1/6)``, ``b = sqrt(1/n)``, so that the reconstructed entries
 (a sum of ``r^2`` triple products) have the variance ``b^2/3`` of the full table's ``U(-b, b)``
@@ -37,7 +45,8 @@ same std ``s = (b^2 / (3 r^2))^(1/6)``, ``b = sqrt(1/n)``, so that the reconstru
 
 Memory:
     ``r·(n_a·d1 + n_b·d2·r + n_c·d3)`` weights (the benchmark's
-    ``sum_j n_j·d_j·r_{j-1}·r_j`` with ranks ``[1, r, r, 1]``), plus optimizer state in training.
+    ``sum_j n_j·d_j·r_{j-1}·r_j`` with ranks ``[1, r, r, 1]``) + ``cache_rows·d`` cache weights +
+    ``cache_rows`` integer cache ids, plus optimizer state in training.
 
 References:
     Yin, Acun, Wu, Liu, "TT-Rec: Tensor Train Decomposition for Embedding Tables in
@@ -50,12 +59,20 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from optuna.distributions import IntDistribution
 from torch import nn
 
 from embadvisor._constraints import Interval
-from embadvisor.methods._base import CompressedEmbedding, MethodConfig, MethodTags, TensorSpec
+from embadvisor.methods._base import (
+    CompressedEmbedding,
+    MethodConfig,
+    MethodTags,
+    TensorSpec,
+    frequency_order,
+    torch_dtype,
+)
 from embadvisor.methods._hashing import split_ids
 from embadvisor.methods._registry import register_method
 from embadvisor.methods.full import init_bound
@@ -64,6 +81,8 @@ from embadvisor.profiles.schema import TableSpec
 __all__ = ["TTRecConfig", "TTRecEmbedding", "tt_dim_factors", "tt_row_factors"]
 
 MAX_RANK = 4096
+#: the solver's rank before it spends budget on cached hot rows instead
+CACHE_RANK = 32
 _TRUNC_STD = 0.8796256610342398  # std of a standard normal truncated to [-2, 2]
 
 
@@ -105,6 +124,11 @@ def tt_dim_factors(d: int) -> tuple[int, int, int]:
     return e2, e1, e3
 
 
+def cache_id_dtype(n: int) -> str:
+    """Dtype of the cached-id buffer: ``int32`` while every id fits, else ``int64``."""
+    return "int32" if n <= 2**31 - 1 else "int64"
+
+
 def tt_params(n: int, d: int, rank: int) -> int:
     """Number of weights of the three cores: ``r·(n_a·d1 + n_b·d2·r + n_c·d3)``."""
     (n_a, n_b, n_c), (d1, d2, d3) = tt_row_factors(n), tt_dim_factors(d)
@@ -129,8 +153,45 @@ class TTRecEmbedding(CompressedEmbedding):
             std = (b * b / (3.0 * r * r)) ** (1.0 / 6.0) / _TRUNC_STD
             for core in (self.core1, self.core2, self.core3):
                 nn.init.trunc_normal_(core, std=std, a=-2.0 * std, b=2.0 * std)
+        c = self.num_cached = config.cache_rows
+        self.cache_is_prefix = True  # cached ids are 0..c-1 (id order = frequency order) until prepare()
+        if c:
+            self.cache = nn.Embedding(c, table.embedding_dim, sparse=True, **self._factory)
+            self.register_buffer("cache_ids", torch.empty(c, dtype=torch.int64, device=device).to(
+                torch_dtype(cache_id_dtype(table.num_embeddings))))
+            if self.cache_ids.device.type != "meta":
+                b = init_bound(table)
+                nn.init.uniform_(self.cache.weight, -b, b)
+                self.cache_ids.copy_(torch.arange(c))
+
+    @torch.no_grad()
+    def prepare(self, frequencies: np.ndarray | None) -> None:
+        """Cache the ``cache_rows`` most frequent ids (None: id order is frequency order)."""
+        if not self.num_cached:
+            return
+        hot = np.sort(frequency_order(frequencies, self.num_embeddings)[: self.num_cached])
+        self.cache_ids.copy_(torch.from_numpy(hot))
+        self.cache_is_prefix = int(hot[-1]) == self.num_cached - 1
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if not self.num_cached:
+            return self._tt(ids)
+        flat = ids.reshape(-1)
+        if self.cache_is_prefix:
+            hit, slot = flat < self.num_cached, flat
+        else:
+            slot = torch.searchsorted(self.cache_ids, flat.to(self.cache_ids.dtype)).clamp_max_(self.num_cached - 1)
+            hit = self.cache_ids[slot] == flat
+        hit_at = hit.nonzero().squeeze(1)
+        miss_at = (~hit).nonzero().squeeze(1)
+        out = self.cache(slot.index_select(0, hit_at))
+        if miss_at.numel():
+            out = torch.cat([out, self._tt(flat.index_select(0, miss_at))])
+        order = torch.empty_like(flat)
+        order[torch.cat([hit_at, miss_at])] = torch.arange(flat.numel(), device=flat.device)
+        return out.index_select(0, order).view(*ids.shape, self.embedding_dim)
+
+    def _tt(self, ids: torch.Tensor) -> torch.Tensor:
         d, r = self.embedding_dim, self.rank
         (n_a, n_b, n_c), (d1, d2, d3) = self.row_factors, self.dim_factors
         flat = ids.reshape(-1)
@@ -178,6 +239,9 @@ class TTRecConfig(MethodConfig):
 
     Args:
         rank: TT rank ``r`` (the size knob; memory grows about as ``n^(1/3)·d2·r^2``).
+        cache_rows: the most frequent ids that get their own full-precision row (0 = no cache).
+            Unless fixed, the solver sets the rank up to :data:`CACHE_RANK` and fills the rest
+            of the budget with cache rows.
 
     Example:
         >>> from embadvisor.profiles.schema import TableSpec
@@ -188,13 +252,14 @@ class TTRecConfig(MethodConfig):
     name: ClassVar[str] = "tt_rec"
     module_class: ClassVar[type[CompressedEmbedding]] = TTRecEmbedding
     tags: ClassVar[MethodTags] = MethodTags(
-        category="inter-feature static", compresses_training=True, layout="per_field",
+        category="inter-feature static", compresses_training=True, layout="per_field", needs_frequencies=True,
         reference="Yin et al., TT-Rec: Tensor Train Decomposition for Embedding Tables, MLSys 2021, "
                   "arXiv:2101.11714",
     )
     size_knob: ClassVar[str | None] = "rank"
 
     rank: int = field(default=8, metadata={"constraint": Interval(int, 1, MAX_RANK)})
+    cache_rows: int = field(default=0, metadata={"constraint": Interval(int, 0, None)})
 
     @classmethod
     def search_space(cls, table: TableSpec) -> dict[str, Any]:
@@ -203,7 +268,42 @@ class TTRecConfig(MethodConfig):
 
     @classmethod
     def example_configs(cls, table: TableSpec) -> list[TTRecConfig]:
-        return [cls(rank=2), cls(rank=8)]
+        return [cls(rank=2), cls(rank=8), cls(rank=4, cache_rows=max(1, table.num_embeddings // 10))]
+
+    def check_feasible(self, table: TableSpec) -> str | None:
+        if self.cache_rows > table.num_embeddings:
+            return f"cache_rows={self.cache_rows} exceeds the {table.num_embeddings} ids"
+        return None
+
+    @classmethod
+    def from_budget(
+        cls,
+        table: TableSpec,
+        budget_bytes: float,
+        *,
+        scope: str = "serve",
+        weight_dtype: str = "fp32",
+        optimizer: str = "adam",
+        **fixed: Any,
+    ) -> TTRecConfig | None:
+        """Rank up to :data:`CACHE_RANK` (largest that fits), then as many cache rows as fit."""
+        kw: dict[str, Any] = {"scope": scope, "weight_dtype": weight_dtype, "optimizer": optimizer}
+        if "cache_rows" in fixed:
+            return super().from_budget(table, budget_bytes, **kw, **fixed)
+        best = super().from_budget(table, budget_bytes, **kw, cache_rows=0, **fixed)
+        if best is None or best.rank < CACHE_RANK:
+            return best
+
+        def cost(rows: int) -> int:
+            cfg = cls(rank=CACHE_RANK, cache_rows=rows, **fixed)
+            return cfg.memory(table, weight_dtype=weight_dtype, optimizer=optimizer).bytes_for(scope)
+
+        base, n = cost(0), table.num_embeddings
+        per_row = cost(1) - base
+        rows = min(n, int((budget_bytes - base) // per_row))
+        while rows > 0 and cost(rows) > budget_bytes:
+            rows -= 1
+        return cls(rank=CACHE_RANK, cache_rows=rows, **fixed)
 
     @classmethod
     def knob_bounds(cls, table: TableSpec, **fixed: Any) -> tuple[float, float]:
@@ -227,4 +327,7 @@ class TTRecConfig(MethodConfig):
             TensorSpec("core1", (n_a, d1 * r)),
             TensorSpec("core2", (n_b, r * d2 * r)),
             TensorSpec("core3", (n_c, r * d3)),
+            *([TensorSpec("cache.weight", (self.cache_rows, table.embedding_dim)),
+               TensorSpec("cache_ids", (self.cache_rows,), cache_id_dtype(table.num_embeddings), trainable=False)]
+              if self.cache_rows else []),
         ]
