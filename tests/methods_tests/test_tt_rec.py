@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -176,3 +177,34 @@ def test_both_lookup_paths(pattern: str) -> None:
     torch.testing.assert_close(out, dense_table(m)[ids], rtol=1e-5, atol=1e-7)
     out.sum().backward()
     assert m.core2.grad is not None and torch.isfinite(m.core2.grad).all()
+
+
+def test_cache_serves_the_most_frequent_ids_and_the_rest_go_through_the_cores() -> None:
+    table = TableSpec("c", 1000, 16)
+    emb = TTRecConfig(rank=4, cache_rows=3).build(table)
+    counts = np.ones(1000)
+    counts[[7, 500, 999]] = 100  # the hot ids are not 0..2: the sorted-id lookup path
+    emb.prepare(counts)
+    assert emb.cache_ids.tolist() == [7, 500, 999] and not emb.cache_is_prefix
+    ids = torch.tensor([[999, 3], [7, 500]])
+    out = emb(ids)
+    assert torch.equal(out[0, 0], emb.cache.weight[2]) and torch.equal(out[1, 0], emb.cache.weight[0])
+    assert torch.equal(out[1, 1], emb.cache.weight[1])
+    assert torch.allclose(out[0, 1], emb._tt(torch.tensor([3]))[0])
+    out.sum().backward()
+    assert emb.cache.weight.grad is not None and emb.core2.grad is not None
+
+
+def test_solver_raises_rank_to_the_cap_then_fills_the_budget_with_cache_rows() -> None:
+    from embadvisor.methods.tt_rec import CACHE_RANK
+
+    table = TableSpec("c", 1_000_000, 16)
+    full = 1_000_000 * 16 * 4
+    for ratio in (0.5, 0.1, 0.01):
+        cfg = TTRecConfig.from_budget(table, full * ratio)
+        used = cfg.memory(table).serve_bytes
+        assert 0.95 * full * ratio <= used <= full * ratio
+        if ratio >= 0.1:
+            assert cfg.rank == CACHE_RANK and cfg.cache_rows > 0
+        else:  # rank-32 cores alone would be 819 kB > 640 kB: rank solved below the cap, no cache
+            assert cfg.rank < CACHE_RANK and cfg.cache_rows == 0
