@@ -286,16 +286,17 @@ class TTRecConfig(MethodConfig):
         optimizer: str = "adam",
         **fixed: Any,
     ) -> TTRecConfig | None:
-        """Rank up to :data:`CACHE_RANK` (largest that fits), then as many cache rows as fit."""
+        """The largest rank that fits, up to :data:`CACHE_RANK`, then as many cache rows as fit."""
         kw: dict[str, Any] = {"scope": scope, "weight_dtype": weight_dtype, "optimizer": optimizer}
         if "cache_rows" in fixed:
             return super().from_budget(table, budget_bytes, **kw, **fixed)
         best = super().from_budget(table, budget_bytes, **kw, cache_rows=0, **fixed)
-        if best is None or best.rank < CACHE_RANK:
-            return best
+        if best is None:
+            return None
+        rank = min(best.rank, CACHE_RANK)  # below the cap the cache takes what an integer rank leaves
 
         def cost(rows: int) -> int:
-            cfg = cls(rank=CACHE_RANK, cache_rows=rows, **fixed)
+            cfg = cls(rank=rank, cache_rows=rows, **fixed)
             return cfg.memory(table, weight_dtype=weight_dtype, optimizer=optimizer).bytes_for(scope)
 
         base, n = cost(0), table.num_embeddings
@@ -303,7 +304,7 @@ class TTRecConfig(MethodConfig):
         rows = min(n, int((budget_bytes - base) // per_row))
         while rows > 0 and cost(rows) > budget_bytes:
             rows -= 1
-        return cls(rank=CACHE_RANK, cache_rows=rows, **fixed)
+        return cls(rank=rank, cache_rows=max(0, rows), **fixed)
 
     @classmethod
     def knob_bounds(cls, table: TableSpec, **fixed: Any) -> tuple[float, float]:
