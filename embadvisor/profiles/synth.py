@@ -21,13 +21,16 @@ How CTR rows are made:
   ``b0 + c_lin sum_f s_f w_f + c_pair sum_{f<g} <s_f v_f, s_g v_g> + c_dense sum_j u_j z_j``. The
   strength ``s = min(1, p(id) * 2e5) ** 0.5`` (``p`` the id's probability) leaves ids seen a handful
   of times in a few million rows with little signal, so a model trained on such data can approach
-  the teacher. On a fixed pilot sample (65,536 rows from their own stream) the three parts are
+  the teacher; with ``learnable_rows = R`` it is ``min(1, p(id) * R / 40) ** 0.5`` instead (full
+  strength from 40 expected occurrences in ``R`` rows), for workloads trained on fewer rows. On a fixed pilot sample (65,536 rows from their own stream) the three parts are
   scaled to shares 45/40/15% of the logit variance ``signal ** 2`` (default ``signal = 1.5``: an
   oracle AUC near 0.82 on a Criteo-like profile) and ``b0`` is solved by bisection so the label rate
   matches ``profile.label_rate`` (0.25 when absent). Labels are ``Bernoulli(sigmoid(logit))``.
 * **Dense features** (``profile.num_dense`` columns ``I1..``): a latent ``z ~ N(0, 1)`` per cell,
-  written as the non-negative integer ``round(exp(mu + sigma z) - 1)`` with Criteo-like scales and
+  written as the non-negative integer ``x = round(exp(mu + sigma z) - 1)`` with Criteo-like scales and
   missing rates per column (empty in TSV/CSV, null in parquet; an empty cell has its own effect).
+  The teacher's dense term uses the value as written, ``(log(1 + x) - mu) / sigma``, not the latent
+  ``z`` (rounding would otherwise hide part of the signal from any model, oracle-unreachable).
 
 Retrieval profiles give ``(user, item)`` interactions: the user is drawn with the user field's
 skew; ``num_candidates`` items are drawn with the item field's skew and one is picked by a
@@ -63,7 +66,7 @@ import pyarrow as pa
 from embadvisor.errors import DataError, InvalidConfigError
 from embadvisor.profiles.schema import FieldProfile, WorkloadProfile
 
-__all__ = ["DEFAULT_CHUNK_ROWS", "DEFAULT_LABEL_RATE", "FORMATS", "SynthResult", "generate"]
+__all__ = ["DEFAULT_CHUNK_ROWS", "DEFAULT_LABEL_RATE", "FORMATS", "FULL_STRENGTH_COUNT", "SynthResult", "generate"]
 
 FORMATS = ("parquet", "criteo", "csv")
 _SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".txt": "criteo", ".tsv": "criteo", ".csv": "csv"}
@@ -72,7 +75,9 @@ DEFAULT_LABEL_RATE = 0.25
 DEFAULT_SIGNAL = 1.5
 
 _K = 8  # latent dim of the teacher
-_R0 = 2e5  # ids with p(id) >= 1 / _R0 carry full strength
+_R0 = 2e5  # ids with p(id) >= 1 / _R0 carry full strength (default)
+#: with ``learnable_rows``: expected occurrences at which an id carries full teacher strength
+FULL_STRENGTH_COUNT = 40
 _GAMMA = 0.5
 _PILOT_ROWS = 1 << 16
 _PILOT_OFFSET = 1 << 60  # pilot rows use row indices far beyond any file row
@@ -401,9 +406,9 @@ class SynthResult:
 
 
 # ------------------------------------------------------------------------------------ CTR teacher
-def _effects(ids: np.ndarray, logp: np.ndarray, key: int) -> np.ndarray:
+def _effects(ids: np.ndarray, logp: np.ndarray, key: int, r0: float = _R0) -> np.ndarray:
     """``(len(ids), k + 2)`` float32: ``s w``, ``s v`` (k columns), ``|s v|**2`` per id."""
-    s = np.exp(_GAMMA * np.minimum(logp + math.log(_R0), 0.0)).astype(np.float32)
+    s = np.exp(_GAMMA * np.minimum(logp + math.log(r0), 0.0)).astype(np.float32)
     z = _normals(ids, key, _K + 1)
     out = np.empty((ids.size, _K + 2), dtype=np.float32)
     np.multiply(z, s[:, None], out=out[:, : _K + 1])
@@ -419,9 +424,10 @@ class _Field:
     teacher_key: int
     table: np.ndarray | None  # per-id effects for small fields
     salt: int  # Criteo token salt
+    r0: float = _R0  # ids with p(id) >= 1 / r0 carry full strength
 
 
-def _field(f: FieldProfile, seed: int) -> _Field:
+def _field(f: FieldProfile, seed: int, r0: float = _R0) -> _Field:
     smp = _sampler(f, seed)
     tkey = _key(seed, "teacher", f.name)
     table = None
@@ -432,8 +438,8 @@ def _field(f: FieldProfile, seed: int) -> _Field:
         logp[: smp.distinct] = smp.logp(rank, smp.segment_of(rank))
         if smp.missing > 0:
             logp[smp.missing_id] = math.log(smp.missing)
-        table = _effects(ids, logp, tkey)
-    return _Field(smp, _key(seed, "ids", f.name), tkey, table, _key(seed, "token", f.name) & 0xFFFFFFFF)
+        table = _effects(ids, logp, tkey, r0)
+    return _Field(smp, _key(seed, "ids", f.name), tkey, table, _key(seed, "token", f.name) & 0xFFFFFFFF, r0)
 
 
 @dataclass
@@ -465,7 +471,7 @@ class _CtrModel:
             if fd.table is not None:
                 eff = np.take(fd.table, fid, axis=0)
             else:
-                eff = _effects(fid, smp.logp(rank, seg, miss), fd.teacher_key)
+                eff = _effects(fid, smp.logp(rank, seg, miss), fd.teacher_key, fd.r0)
             acc += eff
             ids.append(fid)
             missing.append(miss)
@@ -483,7 +489,9 @@ class _CtrModel:
             val -= np.float32(1.0)
             np.rint(val, out=val)
             np.maximum(val, np.float32(0.0), out=val)
-            dense_raw += np.where(miss, np.float32(self.dense_wmiss[j]), np.float32(self.dense_w[j]) * zj)
+            # the teacher sees what the file holds: the rounded value, standardised on the log scale
+            zobs = (np.log1p(val) - np.float32(mu)) / np.float32(sigma)
+            dense_raw += np.where(miss, np.float32(self.dense_wmiss[j]), np.float32(self.dense_w[j]) * zobs)
             dense.append((val, miss))
         return {"ids": ids, "missing": missing, "dense": dense, "lin": lin, "pair": pair, "dense_raw": dense_raw}
 
@@ -502,12 +510,12 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
-def _ctr_model(profile: WorkloadProfile, seed: int, signal: float, label_rate: float) -> _CtrModel:
+def _ctr_model(profile: WorkloadProfile, seed: int, signal: float, label_rate: float, r0: float = _R0) -> _CtrModel:
     d = profile.num_dense
     params = np.array([_DENSE_PARAMS[j % len(_DENSE_PARAMS)] for j in range(d)], dtype=np.float64).reshape(d, 3)
     wz = _normals(np.arange(2 * d, dtype=np.uint64), _key(seed, "dense-weights"), 1)[:, 0].astype(np.float64)
     model = _CtrModel(
-        fields=[_field(f, seed) for f in profile.fields],
+        fields=[_field(f, seed, r0) for f in profile.fields],
         dense_keys=[_key(seed, "dense", j) for j in range(d)],
         dense_params=params, dense_w=wz[:d], dense_wmiss=0.5 * wz[d:], label_key=_key(seed, "label"),
     )
@@ -705,6 +713,7 @@ def generate(
     num_candidates: int = 16,
     temperature: float = 2.0,
     progress: Callable[[int, int], None] | None = None,
+    learnable_rows: int | None = None,
 ) -> SynthResult:
     """Write ``rows`` synthetic rows calibrated to ``profile`` (see the module docstring).
 
@@ -723,6 +732,11 @@ def generate(
         num_candidates: candidates per interaction (retrieval).
         temperature: inverse temperature of the affinity softmax (retrieval).
         progress: optional callback ``(rows_written, rows)`` after each chunk.
+        learnable_rows: calibrate the teacher for a model trained on this many rows (CTR): an id
+            carries full strength when it is expected at least :data:`FULL_STRENGTH_COUNT` times in
+            them, less below (``s = min(1, p * learnable_rows / FULL_STRENGTH_COUNT) ** 0.5``), so
+            the oracle measures what such data can teach. Default: ``p >= 1 / 200,000`` gets full
+            strength, whatever ``rows``.
 
     Returns:
         A :class:`SynthResult` (path, realised label rate, oracle AUC and logloss, timings, ...).
@@ -761,14 +775,17 @@ def generate(
         result = _generate_retrieval(profile, rows, output, fmt_name, seed, chunk_rows, num_candidates,
                                      float(temperature), progress)
     else:
-        result = _generate_ctr(profile, rows, output, fmt_name, seed, chunk_rows, float(signal), progress)
+        if learnable_rows is not None:
+            learnable_rows = _check_int("learnable_rows", learnable_rows, 1)
+        r0 = _R0 if learnable_rows is None else learnable_rows / FULL_STRENGTH_COUNT
+        result = _generate_ctr(profile, rows, output, fmt_name, seed, chunk_rows, float(signal), progress, r0)
     result.seconds = time.perf_counter() - t_start
     result.bytes = output.stat().st_size
     return result
 
 
 def _generate_ctr(profile: WorkloadProfile, rows: int, output: Path, fmt: str, seed: int, chunk_rows: int,
-                  signal: float, progress: Callable[[int, int], None] | None) -> SynthResult:
+                  signal: float, progress: Callable[[int, int], None] | None, r0: float = _R0) -> SynthResult:
     target = DEFAULT_LABEL_RATE if profile.label_rate is None else float(profile.label_rate)
     dense_names = [f"I{j + 1}" for j in range(profile.num_dense)]
     names = ["label", *dense_names, *profile.field_names]
@@ -780,7 +797,7 @@ def _generate_ctr(profile: WorkloadProfile, rows: int, output: Path, fmt: str, s
         )
     cat_names = [f"C{i + 1}" for i in range(len(profile.fields))] if fmt == "criteo" else profile.field_names
     columns = ["label", *dense_names, *cat_names]
-    model = _ctr_model(profile, seed, signal, target)
+    model = _ctr_model(profile, seed, signal, target, r0)
     schema = pa.schema(
         [pa.field("label", pa.int8())]
         + [pa.field(n, pa.float32()) for n in dense_names]

@@ -107,6 +107,18 @@ def test_prefix_does_not_depend_on_rows(tmp_path: Path) -> None:
     assert a.equals(b.slice(0, 1000))
 
 
+def test_learnable_rows_weakens_rarely_seen_ids_only(tmp_path: Path) -> None:
+    p = criteo_like()
+    base = generate(p, rows=20_000, output=tmp_path / "a.parquet", seed=1)
+    few = generate(p, rows=20_000, output=tmp_path / "b.parquet", seed=1, learnable_rows=2_000)
+    a, b = pq.read_table(tmp_path / "a.parquet"), pq.read_table(tmp_path / "b.parquet")
+    assert a.drop(["label"]).equals(b.drop(["label"]))  # same ids and dense cells, other labels
+    assert a.column("label") != b.column("label")
+    assert abs(few.label_rate - base.label_rate) < 0.02  # the intercept still meets the label rate
+    with pytest.raises(InvalidConfigError, match="learnable_rows"):
+        generate(p, rows=10, output=tmp_path / "c.parquet", learnable_rows=0)
+
+
 # ---------------------------------------------------------------------------------- calibration
 def test_label_rate_and_oracle(small_parquet: tuple[Path, S.SynthResult]) -> None:
     out, res = small_parquet
