@@ -33,7 +33,7 @@ _PATTERN = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za
 #: Bytes per element of the dtypes the methods store.
 DTYPE_BYTES = {
     "fp64": 8, "fp32": 4, "fp16": 2, "bf16": 2,
-    "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1,
+    "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "uint16": 2,
 }
 
 

@@ -176,7 +176,7 @@ def methods(
     if solve_profile is None:
         if budget is not None:
             raise fail("--budget needs --solve PROFILE (e.g. --solve criteo-kaggle --budget 64MB).")
-        rows = [report.method_row(get_method(n)) for n in list_methods()]
+        rows = [report.method_row(get_method(n)) for n in list_methods(input=None)]
         emit_json(rows) if as_json else report.print_methods(rows)
         return
     from embadvisor.methods import solve
@@ -295,6 +295,17 @@ def recommend(
     heartbeat: Annotated[int | None, typer.Option(help="Heartbeat interval in seconds on database storages "
                                                   "(a silent worker's trial is re-run after 3 intervals).",
                                                   min=1)] = None,
+    vectors: Annotated[Path | None, typer.Option(help="Frozen corpus vectors to compress after training (.npy or "
+                                                 "Parquet list column); the budget is the stored corpus' bytes. "
+                                                 "Needs --task retrieval; replaces --data.")] = None,
+    queries: Annotated[Path | None, typer.Option(help="With --vectors: query vectors (default: held-out corpus "
+                                                 "rows, own row excluded).")] = None,
+    qrels: Annotated[Path | None, typer.Option(help="With --queries: relevance labels (Parquet query_id, doc_id, "
+                                               "relevance; or TREC text); the objective becomes nDCG@10.")] = None,
+    doc_ids: Annotated[Path | None, typer.Option(help="With --vectors: ids of the corpus rows (Parquet id column or "
+                                                 "one per line; default: row numbers).")] = None,
+    query_ids: Annotated[Path | None, typer.Option(help="With --queries: ids of the query rows.")] = None,
+    similarity: Annotated[str, typer.Option(help="With --vectors: cosine or dot.")] = "cosine",
 ) -> None:
     """Search compression methods under a memory budget, rank them, and recommend one with evidence."""
     from embadvisor.advisor import report
@@ -318,6 +329,29 @@ def recommend(
 
         for m in method_list:
             get_method(m)
+    if vectors is not None or queries is not None or qrels is not None:  # frozen vectors: nothing is trained
+        from embadvisor.advisor import vector_search as vs
+
+        if vectors is None or task != "retrieval" or data is not None or profile_spec is not None:
+            raise fail("--queries/--qrels need --vectors, and --vectors needs --task retrieval without --data/--profile.")
+        settings_v = vs.VectorSearchSettings(budget_bytes=nbytes, methods=method_list, trials=trials,
+                                             time_limit_s=limit, seed=seed)
+        from embadvisor.advisor.recommend import open_storage
+
+        store_v = open_storage(storage)
+        workload_v = vs.load_workload(vectors, queries=queries, qrels=qrels, doc_ids=doc_ids, query_ids=query_ids,
+                                      similarity=similarity, seed=seed)
+        report.console_err().print(f"[dim]{workload_v.description}[/]")
+        with report.SearchProgress(trials, limit, enabled=not as_json) as progress:
+            rec = vs.recommend_vectors(workload_v, settings_v, storage=storage, study_name=study, store=store_v,
+                                       on_trial=progress.on_trial, on_phase=progress.on_phase)
+        if output is not None:
+            from embadvisor.advisor.export import write_config
+
+            write_config(rec["config"], output)
+            report.console_err().print(f"wrote {output}")
+        emit_json({k: v for k, v in rec.items() if k != "config"}) if as_json else report.print_recommendation(rec)
+        return
     from embadvisor.advisor.recommend import open_storage
 
     if workers > 1:
@@ -420,6 +454,104 @@ def history(
     else:
         rows = study_trials(study, storage, state=state, method=method)
         emit_json(rows) if as_json else report.print_trials(study, rows)
+
+
+@app.command()
+@user_errors
+def plot(
+    study: Annotated[str, typer.Argument(help="Study name (see `embadvisor history`).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="out.html (interactive plotly, plotly.js inlined "
+                                         "so it opens offline) or out.png (matplotlib).")],
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: the local SQLite file).")] = None,
+) -> None:
+    """Plot a study: optimisation history, memory vs metric with the feasible frontier, best trial per method.
+
+    Needs the optional plotting libraries: pip install 'embadvisor[plot]'.
+    """
+    from embadvisor.advisor import report
+    from embadvisor.advisor.plot import plot_study
+
+    path = plot_study(study, output, storage)
+    report.console_err().print(f"wrote {path}")
+
+
+@app.command()
+@user_errors
+def pareto(
+    budgets: Annotated[str, typer.Option(help="Comma-separated budgets, e.g. 8MB,32MB,128MB (one study each).")],
+    task: Annotated[str, typer.Option(help="ctr or retrieval.")] = "ctr",
+    data: Annotated[Path | None, typer.Option(help="Your data (default: the task's built-in workload, see README).")]
+    = None,
+    profile_spec: Annotated[str | None, typer.Option("--profile", help="Target workload: a preset or profile "
+                                                     ".toml/.json; the budgets apply to it (default: the profile "
+                                                     "of --data).")] = None,
+    budget_scope: Annotated[str, typer.Option(help="serve: serving storage of the tables; train: training memory "
+                                              "incl. optimizer state.")] = "serve",
+    fmt: Annotated[str | None, typer.Option("--format", "-f", help="Data format (default: guessed).")] = None,
+    label: Annotated[str | None, typer.Option(help="Label column (CSV/Parquet).")] = None,
+    fields: Annotated[str | None, typer.Option(help="Comma-separated categorical columns (CSV/Parquet).")] = None,
+    model: Annotated[str, typer.Option(help="CTR model: dlrm|dcn|wdl|deepfm.")] = "dlrm",
+    methods_opt: Annotated[str | None, typer.Option("--methods", help="Comma-separated methods to consider "
+                                                    "(default: all).")] = None,
+    trials: Annotated[int, typer.Option(help="Trials per budget (resumed studies run only the missing ones).",
+                                        min=1)] = 24,
+    time_limit: Annotated[str | None, typer.Option(help="Per budget: stop starting trials after this long.")]
+    = "150s",
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: sqlite:///~/.embadvisor/"
+                                                "studies.db; or a journal file path ending in .log).")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name prefix; each budget's study is PREFIX-<budget> "
+                                              "(default: derived from a hash of the inputs).")] = None,
+    epochs: Annotated[float, typer.Option(help="Training epochs per trial.", min=0.0)] = 1.0,
+    trial_time: Annotated[str | None, typer.Option(help="Cap on one trial's training time, e.g. 20s.")] = "20s",
+    batch_size: Annotated[int | None, typer.Option(help="Batch size (default 4096 CTR, 1024 retrieval).", min=1)]
+    = None,
+    lr: Annotated[float, typer.Option(help="Learning rate.", min=0.0)] = 1e-3,
+    threads: Annotated[int, typer.Option(help="torch threads.", min=1)] = 2,
+    seed: Annotated[int, typer.Option(help="Seed (sampler, splits, training).")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: rows and knee.")] = False,
+) -> None:
+    """Memory-quality frontier: one pruned search per budget on the same data, with the knee."""
+    from embadvisor.advisor import report
+    from embadvisor.advisor.pareto import build_workload, parse_budgets, run_pareto
+    from embadvisor.advisor.recommend import open_storage
+    from embadvisor.advisor.search import SearchSettings
+    from embadvisor.tasks.trainer import TrainConfig
+    from embadvisor.units import format_size, parse_duration
+
+    if task not in ("ctr", "retrieval"):
+        raise fail(f"--task must be ctr or retrieval, but got {task!r}.")
+    if budget_scope not in ("serve", "train"):
+        raise fail(f"--budget-scope must be serve or train, but got {budget_scope!r}.")
+    sizes = parse_budgets(budgets)
+    limit = parse_duration(time_limit) if time_limit else None
+    method_list = tuple(m.strip() for m in methods_opt.split(",") if m.strip()) if methods_opt else None
+    settings = SearchSettings(
+        budget_bytes=sizes[0], scope=budget_scope, model=model, methods=method_list, trials=trials,
+        time_limit_s=limit, seed=seed, retrain_top=2,
+        train=TrainConfig(batch_size=batch_size or (4096 if task == "ctr" else 1024), epochs=epochs, lr=lr,
+                          threads=threads, patience=0, seed=seed,
+                          time_budget_s=parse_duration(trial_time, name="trial time") if trial_time else None),
+    )
+    store = open_storage(storage)  # fail fast, before any data is prepared
+    err = report.console_err()
+    workload = build_workload(task, data=data, profile_spec=profile_spec, fmt=fmt, label=label, fields=fields,
+                              seed=seed, on_progress=lambda m: err.print(f"[dim]{m}[/]"))
+
+    started: list[int] = []
+
+    def on_budget(i: int, nbytes: int) -> Any:
+        if not started:  # after the analytic check, so an all-infeasible run prints only its error
+            err.print(f"[dim]{workload.description}[/]")
+        started.append(i)
+        err.print(f"[bold]budget {i + 1}/{len(sizes)}: {format_size(nbytes)}[/]")
+        return report.SearchProgress(trials, limit, enabled=not as_json)
+
+    result = run_pareto(workload, settings, sizes, storage=storage, study_prefix=study, store=store,
+                        on_budget=on_budget)
+    if as_json:
+        emit_json(result)
+    else:
+        report.print_pareto(result)
 
 
 def main() -> None:

@@ -90,6 +90,9 @@ def build_embedding(config: str | Path | dict[str, Any], *, device: Any = None) 
     from embadvisor.methods._solver import Plan
 
     cfg = load_config(config)
+    if cfg.get("input") == "vectors":
+        raise InvalidConfigError("this config describes a compressed vector corpus; rebuild it with "
+                                 "embadvisor.vectors.build_index(config, corpus).")
     return build_collection(Plan.from_dict(cfg["plan"]), device=device)
 
 

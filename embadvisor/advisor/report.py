@@ -77,6 +77,7 @@ def method_row(cls: Any) -> dict[str, Any]:
         "category": t.category,
         "compresses_training": t.compresses_training,
         "layout": t.layout,
+        "input": t.input,
         "stages": [s.name for s in cls.stages],
         "size_knob": cls.size_knob,
         "reference": t.reference,
@@ -85,12 +86,12 @@ def method_row(cls: Any) -> dict[str, Any]:
 
 def print_methods(rows: list[dict[str, Any]]) -> None:
     table = Table(title=f"{len(rows)} compression methods")
-    for col in ("name", "category", "compresses training", "layout", "size knob", "reference"):
+    for col in ("name", "category", "compresses training", "layout", "input", "size knob", "reference"):
         table.add_column(col)
     for r in rows:
         trains = "yes" if r["compresses_training"] else ("no" if r["category"] == "baseline" else "serving only")
         table.add_row(r["name"], r["category"], trains,
-                      r["layout"], r["size_knob"] or "-", r["reference"])
+                      r["layout"], r.get("input", "table"), r["size_knob"] or "-", r["reference"])
     console().print(table)
 
 
@@ -255,3 +256,32 @@ def print_trials(study: str, rows: list[dict[str, Any]]) -> None:
                       f"{r['value']:.4f}" if r["value"] is not None else "-",
                       f"{r['duration_s']:.1f}" if r["duration_s"] is not None else "-", (r["failure"] or "")[:60])
     console().print(table)
+
+
+def print_pareto(result: dict[str, Any]) -> None:
+    """The ``embadvisor pareto`` table: one row per budget, frontier and knee marked."""
+    out = console()
+    metric = result["metric"]
+    table = Table(title=f"memory-quality frontier ({result['task']}, budgets on {result['scope']} bytes)")
+    for col, just, width in [("budget", "right", 9), ("method", "left", 10), ("key settings", "left", None),
+                             ("serve", "right", 9), ("% of budget", "right", None), (f"val {metric}", "right", None),
+                             (f"test {metric}", "right", None), ("frontier", "left", 9)]:
+        table.add_column(col, justify=just, min_width=width)  # type: ignore[arg-type]
+    for r in result["rows"]:
+        if not r["feasible"]:
+            table.add_row(format_size(r["budget_bytes"]), "[red]infeasible[/]", (r["reason"] or "")[:70], "-", "-",
+                          "-", "-", "")
+            continue
+        mark = "[bold green]knee[/]" if r["knee"] else ("yes" if r["on_frontier"] else "[dim]dominated[/]")
+        table.add_row(format_size(r["budget_bytes"]), r["method"], _short_params(r["params"] or {}, 40),
+                      format_size(r["serve_bytes"]), f"{r['serve_bytes'] / r['budget_bytes']:.0%}",
+                      f"{r['validation']:.4f}", f"{r['test']:.4f}" if r["test"] is not None else "-", mark)
+    out.print(table)
+    k = result.get("knee")
+    if k:
+        out.print(f"[bold]knee: {format_size(k['budget_bytes'])}[/] ({k['method']}, serving "
+                  f"{format_size(k['serve_bytes'])}, validation {metric} {k['validation']:.4f}): the frontier point "
+                  "farthest above the line joining its ends (log bytes vs metric); past it, more memory buys less.")
+    else:
+        out.print(f"[dim]{result.get('knee_note') or 'no knee'}[/]")
+    out.print(f"[dim]{result['workload']}[/]")

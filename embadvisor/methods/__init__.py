@@ -6,6 +6,7 @@ one new file plus one import line here.
 
 from embadvisor.methods._base import (
     CATEGORIES,
+    INPUTS,
     OPTIMIZERS,
     SCOPES,
     CompressedEmbedding,
@@ -42,9 +43,20 @@ from embadvisor.methods import dedup  # noqa: E402,F401  isort: skip
 from embadvisor.methods import pep  # noqa: E402,F401  isort: skip
 from embadvisor.methods import deeplight  # noqa: E402,F401  isort: skip
 from embadvisor.methods import autosrh  # noqa: E402,F401  isort: skip
+# frozen-vector compressors (tags.input == "vectors"; fit(corpus) instead of build(table))
+from embadvisor.methods import vec_full  # noqa: E402,F401  isort: skip
+from embadvisor.methods import vec_sq  # noqa: E402,F401  isort: skip
+from embadvisor.methods import vec_pq  # noqa: E402,F401  isort: skip
+from embadvisor.methods import vec_svd  # noqa: E402,F401  isort: skip
+from embadvisor.methods import vec_prune  # noqa: E402,F401  isort: skip
+from embadvisor.methods import vec_dedup  # noqa: E402,F401  isort: skip
+from embadvisor.methods import vec_ttsvd  # noqa: E402,F401  isort: skip
+from embadvisor.methods import vec_grouped_sq  # noqa: E402,F401  isort: skip
+from embadvisor.methods import vec_grouped_svd  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "CATEGORIES",
+    "INPUTS",
     "OPTIMIZERS",
     "SCOPES",
     "CompressedEmbedding",

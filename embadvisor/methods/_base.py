@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CATEGORIES",
+    "INPUTS",
     "OPTIMIZERS",
     "SCOPES",
     "CompressedEmbedding",
@@ -57,6 +58,8 @@ CATEGORIES = (
 #: one value per row (1/d of the elements), SGD none (torchrec's multipliers).
 OPTIMIZERS = ("adam", "adagrad", "rowwise_adagrad", "sgd")
 SCOPES = ("serve", "train")
+#: What a method compresses: a trained embedding table, or a frozen corpus of vectors.
+INPUTS = ("table", "vectors")
 
 _TORCH_DTYPES = {
     "fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
@@ -90,6 +93,11 @@ class MethodTags:
         post_training_only: compression happens after training (PTQ).
         deterministic_forward: the forward pass has no randomness in eval mode.
         data_dependent_memory: the serving size depends on what training learns.
+        input: what the method compresses: ``"table"`` (a trained embedding table, built with
+            :meth:`MethodConfig.build`) or ``"vectors"`` (a frozen corpus of already-trained
+            vectors, fitted after training with ``fit(corpus)``; see :mod:`embadvisor.methods._vectors`).
+            The table code paths (contract suite, trained search, ``methods --solve``) list only
+            ``"table"`` methods, the vector paths only ``"vectors"`` ones.
     """
 
     category: str
@@ -104,12 +112,15 @@ class MethodTags:
     post_training_only: bool = False
     deterministic_forward: bool = True
     data_dependent_memory: bool = False
+    input: str = "table"
 
     def __post_init__(self) -> None:
         if self.category not in CATEGORIES:
             raise InvalidConfigError(f"`category` must be one of {CATEGORIES}, but got category={self.category!r}.")
         if self.layout not in ("global", "per_field"):
             raise InvalidConfigError(f"`layout` must be 'global' or 'per_field', but got layout={self.layout!r}.")
+        if self.input not in INPUTS:
+            raise InvalidConfigError(f"`input` must be one of {INPUTS}, but got input={self.input!r}.")
 
 
 @dataclass(frozen=True)

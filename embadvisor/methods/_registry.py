@@ -24,16 +24,27 @@ def register_method(cls: C) -> C:
     if name in _REGISTRY and _REGISTRY[name] is not cls:
         raise InvalidConfigError(f"method {name!r} is registered twice ({_REGISTRY[name].__module__} and "
                                  f"{cls.__module__}).")
-    for attr in ("module_class", "tags"):
-        if not hasattr(cls, attr):
-            raise InvalidConfigError(f"method {name!r} must define the class attribute `{attr}`.")
+    if not hasattr(cls, "tags"):
+        raise InvalidConfigError(f"method {name!r} must define the class attribute `tags`.")
+    # table methods build an nn.Module; frozen-vector compressors fit an index (tags.input)
+    attr = "module_class" if cls.tags.input == "table" else "index_class"
+    if not hasattr(cls, attr):
+        raise InvalidConfigError(f"method {name!r} must define the class attribute `{attr}`.")
     _REGISTRY[name] = cls
     return cls
 
 
-def list_methods(pattern: str = "*") -> list[str]:
-    """Registered method names (sorted), optionally filtered by a glob pattern."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+def list_methods(pattern: str = "*", *, input: str | None = "table") -> list[str]:  # noqa: A002
+    """Registered method names (sorted), optionally filtered by a glob pattern.
+
+    Args:
+        pattern: glob over the names.
+        input: only methods whose ``tags.input`` is this: ``"table"`` (the default: methods that
+            compress a trained embedding table), ``"vectors"`` (compressors of a frozen vector
+            corpus), or None for every registered method.
+    """
+    return sorted(n for n, c in _REGISTRY.items()
+                  if fnmatch.fnmatch(n, pattern) and (input is None or c.tags.input == input))
 
 
 def get_method(name: str) -> type[MethodConfig]:
@@ -41,7 +52,7 @@ def get_method(name: str) -> type[MethodConfig]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        names = list_methods()
+        names = list_methods(input=None)
         raise UnknownNameError(
             f"`method` must be one of {', '.join(names)}, but got method={name!r}.{suggest(name, names)}"
         ) from None

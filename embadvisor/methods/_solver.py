@@ -196,6 +196,11 @@ def solve(
         A :class:`Plan`; ``plan.feasible`` is False (with ``min_budget_bytes``) when nothing fits.
     """
     cls = get_method(method) if isinstance(method, str) else method
+    if cls.tags.input != "table":
+        raise InvalidConfigError(
+            f"{cls.name} compresses a frozen vector corpus, not an embedding table; use it with "
+            "`embadvisor recommend --task retrieval --vectors FILE` or `embadvisor.vectors`."
+        )
     if scope not in SCOPES:
         raise InvalidConfigError(f"`scope` must be one of {SCOPES}, but got scope={scope!r}.")
     if not tables:
