@@ -138,6 +138,9 @@ def tt_params(n: int, d: int, rank: int) -> int:
 class TTRecEmbedding(CompressedEmbedding):
     """Three TT cores (dense parameters, one slice per row); ids ``[*S]`` -> ``[*S, d]``."""
 
+    cache: nn.Embedding
+    cache_ids: torch.Tensor
+
     def __init__(self, config: TTRecConfig, table: TableSpec, *, device: Any = None, dtype: Any = None) -> None:
         super().__init__(config, table, device=device, dtype=dtype)
         r = config.rank
