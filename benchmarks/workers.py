@@ -6,7 +6,7 @@ the same kind of trials). Each configuration runs a fresh study of ``--trials`` 
 ``run_local_workers`` (the code path of ``recommend --workers N``). Storage: PostgreSQL from
 ``EMBADVISOR_TEST_POSTGRES`` or ``.ci/postgres`` (started on loopback), else a journal file.
 
-    python benchmarks/workers.py [--trials 12] [--steps 150] [--repeat 1]
+    python benchmarks/workers.py [--trials 30] [--steps 300] [--repeat 1]
 
 Target: 2 workers >= 1.7x the trials/hour of 1 worker.
 """
@@ -68,8 +68,8 @@ def run(workers: int, args: argparse.Namespace, url: str) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=12)
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--trials", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
