@@ -83,7 +83,10 @@ def _synth_data(profile: WorkloadProfile, rows: int, seed: int) -> TaskData:
     # Criteo-shaped profiles go through the Criteo TSV reader (dense features, log transform)
     criteo = profile.task == "ctr" and profile.num_dense == 13 and len(profile.fields) == 26
     fmt, suffix = ("criteo", ".txt") if criteo else ("parquet", ".parquet")
-    path = cache_dir() / "proxies" / f"{profile.name}-{profile.total_ids}-{rows}-seed{seed}{suffix}"
+    from embadvisor.profiles.synth import GENERATOR_VERSION
+
+    name = f"{profile.name}-{profile.total_ids}-{rows}-seed{seed}-g{GENERATOR_VERSION}{suffix}"
+    path = cache_dir() / "proxies" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.is_file():
         tmp = path.with_name(path.stem + ".tmp" + suffix)

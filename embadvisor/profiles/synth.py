@@ -73,6 +73,8 @@ _SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".txt": "criteo", ".tsv": 
 DEFAULT_CHUNK_ROWS = 131_072
 DEFAULT_LABEL_RATE = 0.25
 DEFAULT_SIGNAL = 1.5
+#: bumped whenever the same (profile, rows, seed) would give other rows (cached proxies key on it)
+GENERATOR_VERSION = 2
 
 _K = 8  # latent dim of the teacher
 _R0 = 2e5  # ids with p(id) >= 1 / _R0 carry full strength (default)
