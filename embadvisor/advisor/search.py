@@ -42,6 +42,8 @@ from embadvisor.version import __version__
 __all__ = ["SearchSettings", "StudyMismatch", "Search", "is_counted", "run_study", "study_key"]
 
 BUDGET_USE = (0.6, 1.0)
+#: a trial may be pruned from its this-many-th validation evaluation on (of about 10 per trial)
+PRUNE_FROM_EVALUATION = 4
 
 
 class StudyMismatch(EmbAdvisorError):
@@ -227,9 +229,15 @@ class Search:
         trial.set_user_attr("proxy_serve_bytes", proxy.memory.serve_bytes)
         trial.set_constraint("memory_over_budget", float(target.bytes - self.s.budget_bytes))
 
+        evaluations = 0
+
         def report(step: int, value: float) -> None:
+            nonlocal evaluations
+            evaluations += 1
             trial.report(value, step)
-            if trial.should_prune():
+            # early evaluations of compressed models are noise around 0.5 AUC; pruning on them
+            # discarded the eventual best methods (benchmarks/advisor_quality.py), so wait
+            if evaluations >= PRUNE_FROM_EVALUATION and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step} (validation {value:.4f})")
 
         cfg = dataclasses.replace(self.s.train, evaluate_test=False, seed=self.s.seed)
