@@ -284,6 +284,7 @@ def write_png(data: StudyPlotData, path: Path) -> None:
     _require("matplotlib", ".png")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
     fig = Figure(figsize=(19, 5.8), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
@@ -303,9 +304,10 @@ def write_png(data: StudyPlotData, path: Path) -> None:
     best = data.best_so_far()
     ax1.step([n for n, _ in best], [v for _, v in best], where="post", color="#2ca02c", lw=2, label="best so far")
     ax1.set_xlabel("trial number")
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.set_ylabel(f"validation {metric}")
     ax1.set_title("optimisation history")
-    ax1.legend(loc="lower right", fontsize=8)
+    ax1.legend(loc="best", fontsize=8)
     ax1.grid(alpha=0.3)
     # 2. memory vs metric
     for m in data.methods:
@@ -324,8 +326,6 @@ def write_png(data: StudyPlotData, path: Path) -> None:
     if rec is not None and rec.memory:
         ax2.scatter([rec.memory], [rec.value], marker="*", s=260, color="gold", edgecolors="black", zorder=5,
                     label=f"recommended ({rec.method})")
-    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
-
     if _log_memory(data):
         ax2.set_xscale("log")
         ax2.xaxis.set_minor_formatter(NullFormatter())
@@ -335,7 +335,7 @@ def write_png(data: StudyPlotData, path: Path) -> None:
     ax2.set_xlabel(_mem_label(data))
     ax2.set_ylabel(f"validation {metric}")
     ax2.set_title(f"memory vs {metric}")
-    ax2.legend(loc="lower right", fontsize=7, ncol=2)
+    ax2.legend(loc="best", fontsize=7, ncol=2)
     ax2.grid(alpha=0.3, which="both")
     # 3. best per method
     bests = data.best_per_method()
