@@ -80,7 +80,7 @@ def run_worker(
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
 ) -> dict[str, int]:
     """Join study ``name`` and run trials until its trial or time budget is reached; returns the counts."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are user attrs, shown by history
     _, spec = load_study_spec(store, name)
     settings = SearchSettings.from_dict(spec["settings"])
     settings = dataclasses.replace(settings, train=dataclasses.replace(settings.train, threads=threads))

@@ -104,7 +104,7 @@ def recommend(
     ``workers > 1`` runs the trials in that many local worker processes on a shareable ``storage``
     (a journal file or a database URL); the torch threads are split between them.
     """
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are user attrs, shown by history
     started = time.perf_counter()
     search = Search(workload, settings)
     search.check_feasible()

@@ -155,3 +155,24 @@ def test_unknown_study_and_sqlite_with_workers_are_refused(pg, data_file, tmp_pa
                               "--storage", f"sqlite:///{tmp_path / 'x.db'}"])
     assert res.exit_code == 2 and "SQLite is for one process" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_fails_the_current_trial_cleanly_and_it_does_not_count(pg, data_file) -> None:
+    w = load_workload("ctr", data_file)
+    settings = _settings(w, trials=3, train=SLOW)
+    name = f"sigint-{uuid.uuid4().hex[:8]}"
+    study = prepare_study(Search(w, settings), open_storage(pg), name, study_key(w, settings))
+    proc = _worker(pg, name)
+    deadline = time.time() + 120
+    while time.time() < deadline and not [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                                          if t.intermediate_values]:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()
+    assert "interrupted" in err.decode() and "Traceback" not in err.decode()
+    trials = study.get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]  # nothing left dangling
+    stopped = [t for t in trials if t.state == TrialState.FAIL]
+    # the signal lands mid-trial (or, on a slow machine, between two trials: then nothing fails)
+    assert len(stopped) <= 1 and all(t.user_attrs.get("interrupted") and not is_counted(t) for t in stopped)
