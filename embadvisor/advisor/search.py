@@ -197,7 +197,8 @@ class Search:
         done = {t.params.get("method") for t in study.trials}
         for m in sorted(self.feasible, key=lambda m: (simplicity(m), m)):
             if m not in done:
-                study.enqueue_trial({"method": m, f"{m}.budget_use": 1.0}, skip_if_exists=True)
+                study.enqueue_trial({"method": m, f"{m}.budget_use": 1.0}, user_attrs={"solver_default": True},
+                                    skip_if_exists=True)
 
     def objective(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -214,7 +215,9 @@ class Search:
     def _objective(self, trial: optuna.Trial) -> float:
         method = trial.suggest_categorical("method", self.feasible)
         use = 1.0 if method == "full" else trial.suggest_float(f"{method}.budget_use", *BUDGET_USE)
-        fixed = {k: suggest(trial, f"{method}.{k}", d) for k, d in self.space(method).items()}
+        # the enqueued default leaves every setting to the solver (e.g. dpq's per-table codebooks)
+        fixed = {} if trial.user_attrs.get("solver_default") else {
+            k: suggest(trial, f"{method}.{k}", d) for k, d in self.space(method).items()}
         target = self.solve_target(method, use, fixed)
         proxy = self.solve_proxy(method, use, fixed)
         trial.set_user_attr("method", method)
@@ -317,7 +320,8 @@ def recover_abandoned(study: optuna.Study) -> int:
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number,
+                                                  "solver_default": bool(t.user_attrs.get("solver_default"))})
         n += 1
     return n
 

@@ -46,7 +46,7 @@ def test_pareto_json_rows_frontier_and_infeasible_row(shared_data, tmp_path, mon
     for r in ok:
         assert r["method"] in ("hash", "qr") and r["serve_bytes"] <= r["budget_bytes"]
         assert r["validation"] is not None and r["test"] is not None
-        assert r["study"] == f"pf-{r['study'].split('-', 1)[1]}"
+        assert r["study"].startswith("pf-")
     front = [r for r in ok if r["on_frontier"]]
     assert front and front[0]["serve_bytes"] == min(r["serve_bytes"] for r in ok)
     assert all(a["validation"] < b["validation"] for a, b in zip(front, front[1:], strict=False))

@@ -145,3 +145,15 @@ def test_recommend_cli_json(shared_data, tmp_path, monkeypatch) -> None:
     assert rec["serve_bytes"] <= 40_000
     hist = runner.invoke(app, ["history", "--json"])
     assert hist.exit_code == 0 and rec["study"] in hist.stdout
+
+
+def test_enqueued_default_leaves_every_setting_to_the_solver(ml100k, tmp_path) -> None:
+    budget = int(ml100k.target.full_table_bytes() * 0.05)
+    rec = recommend(ml100k, _settings(budget, trials=1, methods=("dpq",)), storage=f"sqlite:///{tmp_path / 'd.db'}",
+                    study_name="d")
+    import optuna
+
+    trial = optuna.load_study(study_name="d", storage=f"sqlite:///{tmp_path / 'd.db'}").trials[0]
+    assert set(trial.params) == {"method", "dpq.budget_use"}  # no sampled dpq.* settings
+    assert trial.user_attrs["fixed"] == {} and trial.user_attrs["solver_default"]
+    assert trial.state.name in ("COMPLETE", "PRUNED") and rec["method"] == "dpq"
