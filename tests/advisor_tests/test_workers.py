@@ -27,7 +27,7 @@ from embadvisor.tasks.trainer import TrainConfig
 pytestmark = pytest.mark.slow
 runner = CliRunner()
 FAST = TrainConfig(batch_size=1024, max_steps=6, eval_every=3, patience=0, lr=3e-3, threads=1)
-SLOW = TrainConfig(batch_size=1024, max_steps=400, eval_every=100, patience=0, lr=3e-3, threads=1)
+SLOW = TrainConfig(batch_size=1024, epochs=20, max_steps=1000, eval_every=250, patience=0, lr=3e-3, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +107,12 @@ def test_killed_worker_trial_is_failed_and_retried(pg, data_file) -> None:
     target = next(p for p in procs if p.pid == pid)
     os.kill(pid, signal.SIGKILL)
     target.wait()
+    # the trial it was running when killed (the one spotted above may have finished a moment before)
+    left = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get("worker") == victim.user_attrs["worker"]]
+    assert len(left) == 1, [(t.number, t.state.name, t.user_attrs.get("worker"), victim.user_attrs["worker"])
+                            for t in study.get_trials(deepcopy=False)]
+    victim = left[0]
     survivor = next(p for p in procs if p is not target)
     out, err = survivor.communicate(timeout=300)
     assert survivor.returncode == 0, err.decode()
