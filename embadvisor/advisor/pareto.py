@@ -59,7 +59,7 @@ def build_workload(task: str, *, data: Path | None = None, profile_spec: str | N
                    label: str | None = None, fields: str | None = None, seed: int = 0,
                    on_progress: Callable[[str], None] | None = None) -> Any:
     """The workload as ``embadvisor recommend`` builds it from the same options (loaded once)."""
-    from embadvisor.advisor.workloads import default_workload, workload_from_data
+    from embadvisor.advisor.workloads import load_workload
 
     if task not in ("ctr", "retrieval"):
         raise InvalidConfigError(f"`task` must be 'ctr' or 'retrieval', but got task={task!r}.")
@@ -68,19 +68,10 @@ def build_workload(task: str, *, data: Path | None = None, profile_spec: str | N
         from embadvisor.profiles import resolve_profile
 
         target = resolve_profile(profile_spec)
-    if data is None and target is None:
-        if on_progress:
-            on_progress(f"preparing the built-in {task} workload...")
-        return default_workload(task, seed=seed)
-    if data is None:
-        raise InvalidConfigError("--profile needs --data (the data trained here); or drop both for the built-in "
-                                 "workload.")
-    from embadvisor.tasks.datasets import load_task_data
-
+    if data is None and target is None and on_progress:
+        on_progress(f"preparing the built-in {task} workload...")
     field_list = [f.strip() for f in fields.split(",") if f.strip()] if fields else None
-    td = load_task_data(task, data, fmt=fmt, label=label, fields=field_list, seed=seed)
-    dim = target.embedding_dim if target is not None else (64 if task == "retrieval" else 16)
-    return workload_from_data(task, td, target, dim)
+    return load_workload(task, data, target, fmt=fmt, label=label, fields=field_list, seed=seed)
 
 
 def _one_line(text: str) -> str:
