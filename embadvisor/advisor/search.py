@@ -42,8 +42,10 @@ from embadvisor.version import __version__
 __all__ = ["SearchSettings", "StudyMismatch", "Search", "is_counted", "run_study", "study_key"]
 
 BUDGET_USE = (0.6, 1.0)
-#: a trial may be pruned from its this-many-th validation evaluation on (of about 10 per trial)
-PRUNE_FROM_EVALUATION = 4
+#: a trial may be pruned from its this-many-th validation evaluation on (of about 10 per trial): from the
+#: 1st, the best methods were cut on noise (benchmarks/advisor_quality.py); from the 4th, the README main job
+#: (150 s) tried only 5 methods
+PRUNE_FROM_EVALUATION = 2
 
 
 class StudyMismatch(EmbAdvisorError):
