@@ -368,6 +368,7 @@ def summarize(cells: list[Cell], share_target: float) -> str:
     lines.append(hdr)
     lines.append("-" * len(hdr))
     ok_regret, ok_compute, ok_random, n = 0, 0, 0, 0
+    ok_checked, n_checked = 0, 0
     notes = []
     from embadvisor.units import format_size
 
@@ -398,6 +399,8 @@ def summarize(cells: list[Cell], share_target: float) -> str:
             f"{regret:>8.4f} {rel:>6.1%} {steps_share:>7.1%} {secs_share:>6.0%}  {rnd_txt:<28}{'yes' if ge else 'no':>8}"
         )
         if c.check:
+            n_checked += 1
+            ok_checked += c.check["regret"] <= tol
             notes.append(f"{c.dataset} {c.ratio:g}: {c.check['seeds']}-seed means: sweep best {best.label()} "
                          f"{c.check['sweep_best_mean']:.4f}, advisor pick {c.check['advisor_mean']:.4f}, regret "
                          f"{c.check['regret']:.4f} (single seed {regret:.4f})")
@@ -408,6 +411,12 @@ def summarize(cells: list[Cell], share_target: float) -> str:
         lines.append(f"  regret within target: {ok_regret}/{n}; compute within {share_target:.0%}: {ok_compute}/{n}; "
                      f"advisor >= random: {ok_random}/{n} ({ok_random / n:.0%}) -> "
                      f"{'MET' if ok_regret == n and ok_compute == n and ok_random / n >= 0.8 else 'NOT MET'}")
+    if n_checked:
+        # the sweep's best single-seed value is the maximum of up to ~70 noisy runs, so single-seed regret is
+        # biased upward by selection; the re-trained means of the same two configurations are not
+        met = ok_checked == n_checked == n and ok_compute == n and ok_random / n >= 0.8
+        lines.append(f"  with the seed check (multi-seed means of the sweep best and the pick): regret within target "
+                     f"{ok_checked}/{n_checked} -> {'MET' if met else 'NOT MET'}")
     if notes:
         lines.append("")
         lines.append("seed check (regret of multi-seed means):")
