@@ -187,12 +187,13 @@ class TTRecEmbedding(CompressedEmbedding):
             hit = self.cache_ids[slot] == flat
         hit_at = hit.nonzero().squeeze(1)
         miss_at = (~hit).nonzero().squeeze(1)
-        out = self.cache(slot.index_select(0, hit_at))
-        if miss_at.numel():
-            out = torch.cat([out, self._tt(flat.index_select(0, miss_at))])
-        order = torch.empty_like(flat)
-        order[torch.cat([hit_at, miss_at])] = torch.arange(flat.numel(), device=flat.device)
-        return out.index_select(0, order).view(*ids.shape, self.embedding_dim)
+        cached = self.cache(slot.index_select(0, hit_at))
+        if not miss_at.numel():
+            return cached.view(*ids.shape, self.embedding_dim)
+        # every position is written by exactly one of the two copies (no concatenation, no re-ordering)
+        out = cached.new_empty((flat.numel(), self.embedding_dim)).index_copy(0, hit_at, cached)
+        out = out.index_copy(0, miss_at, self._tt(flat.index_select(0, miss_at)))
+        return out.view(*ids.shape, self.embedding_dim)
 
     def _tt(self, ids: torch.Tensor) -> torch.Tensor:
         d, r = self.embedding_dim, self.rank

@@ -209,3 +209,15 @@ def test_solver_raises_rank_to_the_cap_then_fills_the_budget_with_cache_rows() -
         else:  # rank-32 cores alone would be 819 kB > 640 kB: the largest rank below, the rest cached
             assert cfg.rank < CACHE_RANK and cfg.memory(table).serve_bytes - TTRecConfig(
                 rank=cfg.rank).memory(table).serve_bytes == cfg.cache_rows * (16 * 4 + 4)
+
+
+def test_a_batch_of_cached_ids_only_never_touches_the_cores() -> None:
+    table = TableSpec("c", 1000, 16)
+    emb = TTRecConfig(rank=4, cache_rows=5).build(table)
+    emb.prepare(None)  # ids 0..4 are the hot ones
+    ids = torch.tensor([[4, 0], [2, 2]])
+    out = emb(ids)
+    assert out.shape == (2, 2, 16) and torch.equal(out[0, 0], emb.cache.weight[4])
+    out.sum().backward()
+    assert emb.core2.grad is None and emb.cache.weight.grad is not None
+    assert emb.cache.weight.grad.coalesce().to_dense()[2].sum().item() == 2 * 16
