@@ -35,17 +35,19 @@ from embadvisor.advisor.workloads import Workload
 from embadvisor.errors import EmbAdvisorError, InfeasibleError, InvalidConfigError
 from embadvisor.methods import Plan, get_method, list_methods, solve
 from embadvisor.tasks.api import TrainReport, train
-from embadvisor.tasks.trainer import TrainConfig, TrainingDiverged
+from embadvisor.tasks.trainer import TrainConfig, TrainingDiverged, planned_steps
 from embadvisor.units import format_size
 from embadvisor.version import __version__
 
 __all__ = ["SearchSettings", "StudyMismatch", "Search", "is_counted", "run_study", "study_key"]
 
 BUDGET_USE = (0.6, 1.0)
-#: a trial may be pruned from its this-many-th validation evaluation on (of about 10 per trial): from the
-#: 1st, the best methods were cut on noise (benchmarks/advisor_quality.py); from the 4th, the README main job
-#: (150 s) tried only 5 methods
-PRUNE_FROM_EVALUATION = 2
+#: a trial may be pruned once it has trained this share of its steps. Earlier, compressed models are
+#: still near 0.5 AUC and methods that prune or search their structure during training (autosrh,
+#: deeplight, pep) trail the rest: pruning at the 1st of 10 evaluations cut the eventual best methods
+#: (benchmarks/advisor_quality.py, session 2), and at 20% of its steps the README main job cut
+#: autosrh, the advisor_quality benchmark's best method on the synthetic Criteo workload
+PRUNE_FROM_SHARE = 0.5
 
 
 class StudyMismatch(EmbAdvisorError):
@@ -234,18 +236,14 @@ class Search:
         trial.set_user_attr("proxy_serve_bytes", proxy.memory.serve_bytes)
         trial.set_constraint("memory_over_budget", float(target.bytes - self.s.budget_bytes))
 
-        evaluations = 0
+        cfg = dataclasses.replace(self.s.train, evaluate_test=False, seed=self.s.seed)
+        prune_from = PRUNE_FROM_SHARE * planned_steps(cfg, self.w.data.num_train)
 
         def report(step: int, value: float) -> None:
-            nonlocal evaluations
-            evaluations += 1
             trial.report(value, step)
-            # early evaluations of compressed models are noise around 0.5 AUC; pruning on them
-            # discarded the eventual best methods (benchmarks/advisor_quality.py), so wait
-            if evaluations >= PRUNE_FROM_EVALUATION and trial.should_prune():
+            if step >= prune_from and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step} (validation {value:.4f})")
 
-        cfg = dataclasses.replace(self.s.train, evaluate_test=False, seed=self.s.seed)
         try:
             rep = train(self.w.data, proxy, model=self.s.model, dim=self.dim, config=cfg, callback=report,
                         seed=self.s.seed)

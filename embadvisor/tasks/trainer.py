@@ -24,7 +24,7 @@ from embadvisor._constraints import Interval, Options, validate_fields
 from embadvisor.errors import EmbAdvisorError
 from embadvisor.methods import EmbeddingCollection
 
-__all__ = ["FitResult", "TrainConfig", "TrainingDiverged", "TaskEngine", "fit", "set_threads"]
+__all__ = ["FitResult", "TrainConfig", "TrainingDiverged", "TaskEngine", "fit", "planned_steps", "set_threads"]
 
 
 class TrainingDiverged(EmbAdvisorError):
@@ -113,6 +113,12 @@ class FitResult:
         }
 
 
+def planned_steps(cfg: TrainConfig, num_train: int) -> int:
+    """Optimizer steps a run of ``cfg`` over ``num_train`` training examples takes unless it stops early."""
+    total = max(1, math.ceil(cfg.epochs * max(1, math.ceil(num_train / cfg.batch_size))))
+    return total if cfg.max_steps is None else min(total, max(1, cfg.max_steps))
+
+
 def set_threads(threads: int | None) -> None:
     if threads is not None and threads > 0 and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
@@ -179,10 +185,7 @@ def fit(
     """Train ``model`` (whose embeddings are ``emb``) on ``engine``; see the module docstring."""
     set_threads(cfg.threads)
     n = engine.num_train()
-    steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
-    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    if cfg.max_steps is not None:
-        total = min(total, max(1, cfg.max_steps))
+    total = planned_steps(cfg, n)
     eval_every = cfg.eval_every or max(1, total // 10)
     stages = emb.stages
     stage_steps = [max(1, round(total * s.budget_fraction)) for s in stages]

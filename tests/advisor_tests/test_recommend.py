@@ -157,3 +157,22 @@ def test_enqueued_default_leaves_every_setting_to_the_solver(ml100k, tmp_path) -
     assert set(trial.params) == {"method", "dpq.budget_use"}  # no sampled dpq.* settings
     assert trial.user_attrs["fixed"] == {} and trial.user_attrs["solver_default"]
     assert trial.state.name in ("COMPLETE", "PRUNED") and rec["method"] == "dpq"
+
+
+def test_a_trial_is_never_pruned_before_half_of_its_steps(ml100k) -> None:
+    import optuna
+
+    from embadvisor.advisor.search import PRUNE_FROM_SHARE, Search
+
+    class AlwaysPrune(optuna.pruners.BasePruner):
+        def prune(self, study, trial) -> bool:
+            return True
+
+    cfg = TrainConfig(batch_size=1024, max_steps=12, eval_every=2, patience=0, threads=2)
+    search = Search(ml100k, _settings(int(ml100k.target.full_table_bytes() * 0.2), methods=("hash",), train=cfg))
+    study = optuna.create_study(direction="maximize", pruner=AlwaysPrune())
+    study.optimize(search.objective, n_trials=1, catch=())
+    trial = study.trials[0]
+    assert PRUNE_FROM_SHARE == 0.5
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert sorted(trial.intermediate_values) == [2, 4, 6]  # reported, not pruned, until half of the 12 steps
