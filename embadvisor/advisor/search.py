@@ -7,8 +7,8 @@ other hyperparameters; the size knob is then solved so every sampled configurati
 construction (Optuna's constraints are soft and would not guarantee it). Parameter names are
 namespaced per method (``qr.operation``) since Optuna refuses one name with two distributions.
 
-Single-objective (validation metric) with a pruner on the metric reported at every evaluation;
-TPE with ``multivariate=True, group=True`` over the conditional space; every feasible method's
+Single-objective (validation metric) with a median pruner on the metric reported at every evaluation,
+from half of a trial's steps on (:data:`PRUNE_FROM_SHARE`); TPE with ``multivariate=True, group=True`` over the conditional space; every feasible method's
 solver default is enqueued first, so each method is evaluated at least once. Trials record the
 method, the full config, serving and training bytes (target and proxy), validation metrics,
 training time, latency and failure reasons as user attributes (visible in optuna-dashboard).
