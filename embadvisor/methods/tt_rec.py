@@ -83,6 +83,8 @@ __all__ = ["TTRecConfig", "TTRecEmbedding", "tt_dim_factors", "tt_row_factors"]
 MAX_RANK = 4096
 #: the solver's rank before it spends budget on cached hot rows instead
 CACHE_RANK = 32
+#: with gradients, the per-id gather of middle-core slices is used up to this many gathered values
+_DIRECT_MAX = 1 << 17
 _TRUNC_STD = 0.8796256610342398  # std of a standard normal truncated to [-2, 2]
 
 
@@ -205,6 +207,15 @@ class TTRecEmbedding(CompressedEmbedding):
         uniq, inv = torch.unique(flat, return_inverse=True)
         rest, i2 = split_ids(uniq, n_b)
         i1, i3 = split_ids(rest, n_c)
+        training = torch.is_grad_enabled() and self.core2.requires_grad
+        if not training or uniq.numel() * r * r * d2 <= _DIRECT_MAX:
+            # gather each id's G2 slice: a dozen ops, the fastest without gradients (serving, evaluation)
+            # and for small gathers; with gradients, a large gather's backward (an index_add of ids x r^2
+            # x d2 values) costs up to 3.5x the grouped path below
+            left = self.core1.index_select(0, i1).view(-1, d1, r)
+            mid = self.core2.index_select(0, i2).view(-1, r, d2 * r)
+            rows = torch.bmm(torch.bmm(left, mid).view(-1, d1 * d2, r), self.core3.index_select(0, i3).view(-1, r, d3))
+            return rows.view(-1, d).index_select(0, inv).view(*ids.shape, d)
         # G1[i1]·G2[i2] once per distinct (i2, i1) pair; sorted keys come grouped by i2
         pairs, pair_of = torch.unique(i2 * n_a + i1, return_inverse=True)
         p2, p1 = split_ids(pairs, n_a)

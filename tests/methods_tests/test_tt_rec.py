@@ -20,15 +20,17 @@ CRITEO_SIZES = [1460, 583, 10_131_227, 2_202_608, 305, 24, 12_517, 633, 3, 93_14
                 14_992, 5_461_306, 10, 5652, 2173, 4, 7_046_547, 18, 15, 286_181, 105, 142_572]
 
 
-def dense_table(module: object) -> torch.Tensor:
-    """The full n x d table the cores represent (reference only: the module never forms it)."""
+def dense_table(module: object, cores: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """The full n x d table the cores (default: the module's own) represent (reference only: the module
+    never forms it)."""
     assert isinstance(module, TTRecEmbedding)
     m = module
     (n_a, n_b, n_c), (d1, d2, d3) = m.row_factors, m.dim_factors
     r = m.rank
-    g1 = m.core1.view(n_a, d1, r)
-    g2 = m.core2.view(n_b, r, d2, r)
-    g3 = m.core3.view(n_c, r, d3)
+    c1, c2, c3 = cores if cores is not None else (m.core1, m.core2, m.core3)
+    g1 = c1.view(n_a, d1, r)
+    g2 = c2.view(n_b, r, d2, r)
+    g3 = c3.view(n_c, r, d3)
     full = torch.einsum("axr,brys,csz->acbxyz", g1, g2, g3)  # [n_a, n_c, n_b, d1, d2, d3]
     return full.reshape(n_a * n_c * n_b, d1 * d2 * d3)[: m.num_embeddings]
 
@@ -161,9 +163,14 @@ def test_from_budget_ranks_grow_with_budget() -> None:
     assert len(got) == 3 and got == sorted(got) and got[0] >= 1
 
 
+@pytest.mark.parametrize("direct_max", [0, 1 << 30], ids=["grouped", "direct"])
 @pytest.mark.parametrize("pattern", ["all_ids", "one_slice", "few_slices_skewed"])
-def test_both_lookup_paths(pattern: str) -> None:
-    """Every G2 slice in use (the core is multiplied in place) and few slices (gathered chunks)."""
+def test_every_lookup_path(pattern: str, direct_max: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Grouped by G2 slice: every slice in use (the core multiplied in place) and few slices (gathered
+    chunks); and the per-id gather used without gradients and for small gathers. Same rows, same gradients."""
+    import embadvisor.methods.tt_rec as tt
+
+    monkeypatch.setattr(tt, "_DIRECT_MAX", direct_max)
     table = TableSpec("t", 1000, 16)
     torch.manual_seed(0)
     m = TTRecConfig(rank=3).build(table)
@@ -175,8 +182,15 @@ def test_both_lookup_paths(pattern: str) -> None:
     }[pattern]
     out = m(ids)
     torch.testing.assert_close(out, dense_table(m)[ids], rtol=1e-5, atol=1e-7)
-    out.sum().backward()
+    with torch.no_grad():  # serving and evaluation take the per-id gather whatever the size
+        torch.testing.assert_close(m(ids), out.detach(), rtol=1e-5, atol=1e-7)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
     assert m.core2.grad is not None and torch.isfinite(m.core2.grad).all()
+    # the gradient of the weighted sum through the explicit table product, computed independently
+    cores = [c.detach().clone().requires_grad_(True) for c in (m.core1, m.core2, m.core3)]
+    ref = dense_table(m, cores)[ids]
+    (ref * torch.linspace(-1, 1, ref.numel()).view_as(ref)).sum().backward()
+    torch.testing.assert_close(m.core2.grad, cores[1].grad, rtol=1e-4, atol=1e-6)
 
 
 def test_cache_serves_the_most_frequent_ids_and_the_rest_go_through_the_cores() -> None:
