@@ -51,7 +51,7 @@ def ml100k() -> None:
           f"test AUC {f.test['auc']:.4f}, logloss {f.test['logloss']:.4f}; {f.steps} steps, {f.train_seconds:.0f} s")
 
 
-def synthetic(rows: int) -> None:
+def synthetic(rows: int, which: tuple[str, ...] = ("real", "proxy")) -> None:
     from embadvisor.advisor.workloads import proxy_profile
     from embadvisor.profiles import get_preset
     from embadvisor.profiles.synth import generate
@@ -60,8 +60,10 @@ def synthetic(rows: int) -> None:
     from embadvisor.tasks.trainer import TrainConfig
 
     target = get_preset("criteo-kaggle")
-    for label, prof, n in [("real Criteo cardinalities", target, rows),
-                           ("advisor proxy (scaled to 300k ids)", proxy_profile(target, 300_000), rows)]:
+    variants = {"real": ("real Criteo cardinalities", target),
+                "proxy": ("advisor proxy (scaled to 300k ids)", proxy_profile(target, 300_000))}
+    for label, prof in (variants[k] for k in which):
+        n = rows
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "synth.txt"
             t0 = time.perf_counter()
@@ -82,6 +84,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="retrieval,ml100k,synthetic")
     ap.add_argument("--rows", type=int, default=2_000_000)
+    ap.add_argument("--synthetic", default="real,proxy", help="synthetic variants: real Criteo cardinalities, "
+                    "the advisor's 300k-id proxy")
     args = ap.parse_args()
     parts = args.only.split(",")
     if "retrieval" in parts:
@@ -89,7 +93,7 @@ def main() -> None:
     if "ml100k" in parts:
         ml100k()
     if "synthetic" in parts:
-        synthetic(args.rows)
+        synthetic(args.rows, tuple(args.synthetic.split(",")))
 
 
 if __name__ == "__main__":
