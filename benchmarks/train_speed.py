@@ -100,7 +100,7 @@ def make_ref(sizes: list[int], ids: torch.Tensor, dense: torch.Tensor, y: torch.
 
 
 # ----------------------------------------------------------------------- ours
-def make_ours(sizes: list[int], ids: torch.Tensor, dense: torch.Tensor, y: torch.Tensor):  # type: ignore[no-untyped-def]
+def make_ours(sizes: list[int], ids: torch.Tensor, dense: torch.Tensor, y: torch.Tensor, layout: str | None = None):  # type: ignore[no-untyped-def]
     """embadvisor's trainer on the same data; returns (run k timed steps, the model)."""
     from embadvisor.methods import build_collection, solve
     from embadvisor.profiles.schema import TableSpec
@@ -111,7 +111,7 @@ def make_ours(sizes: list[int], ids: torch.Tensor, dense: torch.Tensor, y: torch
     n = ids.shape[0]
     data = CtrTensors(tables, ids, [], dense, y, {"train": torch.arange(n), "valid": torch.arange(4096)})
     torch.manual_seed(0)
-    emb = build_collection(solve("full", tables, 1e15))
+    emb = build_collection(solve("full", tables, 1e15, layout=layout))
     model = build_ctr_model("dlrm", emb, data)
     engine = CtrEngine(data)
     step_times: list[float] = []
@@ -208,6 +208,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--skip-full", action="store_true", help="skip the full Criteo-size tables (needs ~8 GB)")
+    ap.add_argument("--layout", choices=("per_field", "global"), default=None,
+                    help="layout of our full tables (default: the method's own, per_field)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     g1 = gemm_gflops(args.threads)
@@ -222,7 +224,7 @@ def main() -> None:
     for label, sizes in variants:
         ids = zipf_ids(sizes, args.rows)
         ref_run = make_ref(sizes, ids, dense, y)
-        ours_run, model = make_ours(sizes, ids, dense, y)
+        ours_run, model = make_ours(sizes, ids, dense, y, args.layout)
         ref_run(3)
         ours_run(3)
         t_ref: list[float] = []
