@@ -254,30 +254,41 @@ def train(
 
 
 # --------------------------------------------------------------------------- advisor
+# options shared by `recommend` and `pareto`
+TaskOpt = Annotated[str, typer.Option(help="ctr or retrieval.")]
+DataOpt = Annotated[Path | None, typer.Option(help="Your data (default: the task's built-in workload, see README).")]
+ScopeOpt = Annotated[str, typer.Option(help="serve: serving storage of the tables; train: training memory "
+                                                  "incl. optimizer state.")]
+FormatOpt = Annotated[str | None, typer.Option("--format", "-f", help="Data format (default: guessed).")]
+LabelOpt = Annotated[str | None, typer.Option(help="Label column (CSV/Parquet).")]
+FieldsOpt = Annotated[str | None, typer.Option(help="Comma-separated categorical columns (CSV/Parquet).")]
+ModelOpt = Annotated[str, typer.Option(help="CTR model: dlrm|dcn|wdl|deepfm.")]
+MethodsOpt = Annotated[str | None, typer.Option("--methods", help="Comma-separated methods to consider "
+                                                 "(default: all).")]
+StorageOpt = Annotated[str | None, typer.Option(help="Optuna storage URL (default: sqlite:///~/.embadvisor/"
+                                              "studies.db; or a journal file path ending in .log).")]
+
+
 @app.command()
 @user_errors
 def recommend(
     budget: Annotated[str, typer.Option(help="Memory budget for the embedding tables, e.g. 64MB, 1.5GiB.")],
-    task: Annotated[str, typer.Option(help="ctr or retrieval.")] = "ctr",
-    data: Annotated[Path | None, typer.Option(help="Your data (default: the task's built-in workload, see README).")]
-    = None,
+    task: TaskOpt = "ctr",
+    data: DataOpt = None,
     profile_spec: Annotated[str | None, typer.Option("--profile", help="Target workload: a preset "
                                                      "(criteo-kaggle, ...) or profile .toml/.json; the budget "
                                                      "applies to it (default: the profile of --data).")] = None,
-    budget_scope: Annotated[str, typer.Option(help="serve: serving storage of the tables; train: training memory "
-                                              "incl. optimizer state.")] = "serve",
-    fmt: Annotated[str | None, typer.Option("--format", "-f", help="Data format (default: guessed).")] = None,
-    label: Annotated[str | None, typer.Option(help="Label column (CSV/Parquet).")] = None,
-    fields: Annotated[str | None, typer.Option(help="Comma-separated categorical columns (CSV/Parquet).")] = None,
-    model: Annotated[str, typer.Option(help="CTR model: dlrm|dcn|wdl|deepfm.")] = "dlrm",
-    methods_opt: Annotated[str | None, typer.Option("--methods", help="Comma-separated methods to consider "
-                                                    "(default: all).")] = None,
+    budget_scope: ScopeOpt = "serve",
+    fmt: FormatOpt = None,
+    label: LabelOpt = None,
+    fields: FieldsOpt = None,
+    model: ModelOpt = "dlrm",
+    methods_opt: MethodsOpt = None,
     trials: Annotated[int, typer.Option(help="Trials in the study (a resumed study runs only the missing ones).",
                                         min=1)] = 24,
     time_limit: Annotated[str | None, typer.Option(help="Stop starting trials after this long, e.g. 150s, 10m.")]
     = "150s",
-    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: sqlite:///~/.embadvisor/"
-                                                "studies.db; or a journal file path ending in .log).")] = None,
+    storage: StorageOpt = None,
     study: Annotated[str | None, typer.Option(help="Study name (default: derived from a hash of the inputs).")]
     = None,
     epochs: Annotated[float, typer.Option(help="Training epochs per trial.", min=0.0)] = 1.0,
@@ -479,26 +490,22 @@ def plot(
 @user_errors
 def pareto(
     budgets: Annotated[str, typer.Option(help="Comma-separated budgets, e.g. 8MB,32MB,128MB (one study each).")],
-    task: Annotated[str, typer.Option(help="ctr or retrieval.")] = "ctr",
-    data: Annotated[Path | None, typer.Option(help="Your data (default: the task's built-in workload, see README).")]
-    = None,
+    task: TaskOpt = "ctr",
+    data: DataOpt = None,
     profile_spec: Annotated[str | None, typer.Option("--profile", help="Target workload: a preset or profile "
                                                      ".toml/.json; the budgets apply to it (default: the profile "
                                                      "of --data).")] = None,
-    budget_scope: Annotated[str, typer.Option(help="serve: serving storage of the tables; train: training memory "
-                                              "incl. optimizer state.")] = "serve",
-    fmt: Annotated[str | None, typer.Option("--format", "-f", help="Data format (default: guessed).")] = None,
-    label: Annotated[str | None, typer.Option(help="Label column (CSV/Parquet).")] = None,
-    fields: Annotated[str | None, typer.Option(help="Comma-separated categorical columns (CSV/Parquet).")] = None,
-    model: Annotated[str, typer.Option(help="CTR model: dlrm|dcn|wdl|deepfm.")] = "dlrm",
-    methods_opt: Annotated[str | None, typer.Option("--methods", help="Comma-separated methods to consider "
-                                                    "(default: all).")] = None,
+    budget_scope: ScopeOpt = "serve",
+    fmt: FormatOpt = None,
+    label: LabelOpt = None,
+    fields: FieldsOpt = None,
+    model: ModelOpt = "dlrm",
+    methods_opt: MethodsOpt = None,
     trials: Annotated[int, typer.Option(help="Trials per budget (resumed studies run only the missing ones).",
                                         min=1)] = 24,
     time_limit: Annotated[str | None, typer.Option(help="Per budget: stop starting trials after this long.")]
     = "150s",
-    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: sqlite:///~/.embadvisor/"
-                                                "studies.db; or a journal file path ending in .log).")] = None,
+    storage: StorageOpt = None,
     study: Annotated[str | None, typer.Option(help="Study name prefix; each budget's study is PREFIX-<budget> "
                                               "(default: derived from a hash of the inputs).")] = None,
     epochs: Annotated[float, typer.Option(help="Training epochs per trial.", min=0.0)] = 1.0,
