@@ -267,6 +267,12 @@ MethodsOpt = Annotated[str | None, typer.Option("--methods", help="Comma-separat
                                                  "(default: all).")]
 StorageOpt = Annotated[str | None, typer.Option(help="Optuna storage URL (default: sqlite:///~/.embadvisor/"
                                               "studies.db; or a journal file path ending in .log).")]
+EpochsOpt = Annotated[float, typer.Option(help="Training epochs per trial.", min=0.0)]
+TrialTimeOpt = Annotated[str | None, typer.Option(help="Cap on one trial's training time, e.g. 20s.")]
+BatchSizeOpt = Annotated[int | None, typer.Option(help="Batch size (default 4096 CTR, 1024 retrieval).", min=1)]
+LrOpt = Annotated[float, typer.Option(help="Learning rate.", min=0.0)]
+ThreadsOpt = Annotated[int, typer.Option(help="torch threads.", min=1)]
+SeedOpt = Annotated[int, typer.Option(help="Seed (sampler, splits, training).")]
 
 
 @app.command()
@@ -291,13 +297,12 @@ def recommend(
     storage: StorageOpt = None,
     study: Annotated[str | None, typer.Option(help="Study name (default: derived from a hash of the inputs).")]
     = None,
-    epochs: Annotated[float, typer.Option(help="Training epochs per trial.", min=0.0)] = 1.0,
-    trial_time: Annotated[str | None, typer.Option(help="Cap on one trial's training time, e.g. 20s.")] = "20s",
-    batch_size: Annotated[int | None, typer.Option(help="Batch size (default 4096 CTR, 1024 retrieval).", min=1)]
-    = None,
-    lr: Annotated[float, typer.Option(help="Learning rate.", min=0.0)] = 1e-3,
-    threads: Annotated[int, typer.Option(help="torch threads.", min=1)] = 2,
-    seed: Annotated[int, typer.Option(help="Seed (sampler, splits, training).")] = 0,
+    epochs: EpochsOpt = 1.0,
+    trial_time: TrialTimeOpt = "20s",
+    batch_size: BatchSizeOpt = None,
+    lr: LrOpt = 1e-3,
+    threads: ThreadsOpt = 2,
+    seed: SeedOpt = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the chosen config (.toml or .json).")]
     = None,
@@ -508,13 +513,12 @@ def pareto(
     storage: StorageOpt = None,
     study: Annotated[str | None, typer.Option(help="Study name prefix; each budget's study is PREFIX-<budget> "
                                               "(default: derived from a hash of the inputs).")] = None,
-    epochs: Annotated[float, typer.Option(help="Training epochs per trial.", min=0.0)] = 1.0,
-    trial_time: Annotated[str | None, typer.Option(help="Cap on one trial's training time, e.g. 20s.")] = "20s",
-    batch_size: Annotated[int | None, typer.Option(help="Batch size (default 4096 CTR, 1024 retrieval).", min=1)]
-    = None,
-    lr: Annotated[float, typer.Option(help="Learning rate.", min=0.0)] = 1e-3,
-    threads: Annotated[int, typer.Option(help="torch threads.", min=1)] = 2,
-    seed: Annotated[int, typer.Option(help="Seed (sampler, splits, training).")] = 0,
+    epochs: EpochsOpt = 1.0,
+    trial_time: TrialTimeOpt = "20s",
+    batch_size: BatchSizeOpt = None,
+    lr: LrOpt = 1e-3,
+    threads: ThreadsOpt = 2,
+    seed: SeedOpt = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: rows and knee.")] = False,
 ) -> None:
     """Memory-quality frontier: one pruned search per budget on the same data, with the knee."""
