@@ -42,7 +42,7 @@ def worker(method: str, ratio: float, reps: int, threads: int) -> dict:
     prof = get_preset("criteo-kaggle")
     tables = prof.tables()
     full_bytes = prof.full_table_bytes()
-    plan = solve(method, tables, full_bytes * ratio if method != "full" else full_bytes)
+    plan = solve(method, tables, full_bytes * ratio if method != "full" else math.inf)
     if not plan.feasible:
         return {"method": method, "ratio": ratio, "feasible": False, "reason": plan.reason,
                 "min_budget_bytes": plan.min_budget_bytes}

@@ -9,7 +9,7 @@ achieved FLOP/s as a fraction of the machine's fp32 GEMM rate measured in the sa
 Retrieval: exact Recall@K evaluation (score, mask seen items, top-K) of 30,000 users x 41,000 items
 at dim 64 through ``embadvisor.tasks.metrics.topk_items`` vs a plain chunked matmul + topk.
 
-Usage: python benchmarks/train_speed.py [--steps 30] [--threads 2] [--skip-full]
+Usage: python benchmarks/train_speed.py [--steps 30] [--rounds 4] [--threads 2] [--skip-full]
 """
 
 from __future__ import annotations
@@ -203,13 +203,13 @@ def retrieval_eval(users: int = 30_000, items: int = 41_000, dim: int = 64, k: i
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=10, help="steps per round")
+    ap.add_argument("--steps", type=int, default=30, help="steps per round (each of our rounds is one trainer run)")
     ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds of ours and reference")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--skip-full", action="store_true", help="skip the full Criteo-size tables (needs ~8 GB)")
     ap.add_argument("--layout", choices=("per_field", "global"), default=None,
-                    help="layout of our full tables (default: the method's own, per_field)")
+                    help="layout of our full tables (default: the method's own: global, one table for all fields)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     g1 = gemm_gflops(args.threads)

@@ -128,8 +128,9 @@ class Plan:
             by_name = {t.name: t for t in fields}
             tps = []
             for tp in data["tables"]:
-                table = by_name.get(tp["table"]) or TableSpec(tp["table"], int(tp["num_embeddings"]),
-                                                              int(tp["embedding_dim"]))
+                table = by_name.get(tp["table"]) or (
+                    merged_table(fields) if data["layout"] == "global"
+                    else TableSpec(tp["table"], int(tp["num_embeddings"]), int(tp["embedding_dim"])))
                 cfg = get_method(tp["method"]).from_dict(tp["params"])
                 tps.append(TablePlan(table, cfg, cfg.memory(table, optimizer=optimizer)))
             total = sum((tp.memory for tp in tps), MemoryEstimate())
@@ -151,7 +152,8 @@ def merged_table(tables: Sequence[TableSpec]) -> TableSpec:
             f"the global layout needs one embedding dim for all fields, but got dims={sorted(dims)}. "
             "Use layout='per_field'."
         )
-    return TableSpec("global", sum(t.num_embeddings for t in tables), dims.pop(), None)
+    sizes = tuple(t.num_embeddings for t in tables)
+    return TableSpec("global", sum(sizes), dims.pop(), None, sizes)
 
 
 def offsets_memory(num_fields: int) -> MemoryEstimate:
@@ -206,7 +208,11 @@ def solve(
     if not tables:
         raise InvalidConfigError("`tables` must be a non-empty list of tables, but got tables=[].")
     fixed = dict(fixed or {})
-    layout = layout or cls.tags.layout
+    if layout is None:
+        # the method's preferred layout; one global table needs one embedding dim for all fields
+        layout = cls.tags.layout
+        if layout == "global" and len({t.embedding_dim for t in tables}) > 1:
+            layout = "per_field"
     kw = {"scope": scope, "weight_dtype": weight_dtype, "optimizer": optimizer}
     full_plans = [_full(t, weight_dtype, optimizer) for t in tables]
     full_bytes = sum(tp.memory.bytes_for(scope) for tp in full_plans)

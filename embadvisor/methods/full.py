@@ -1,7 +1,10 @@
 """Uncompressed embedding table: the reference point for memory ratios and quality.
 
 Memory:
-    n·d weights (serving and training), plus optimizer state in training.
+    n·d weights (serving and training), plus optimizer state in training. Where all fields share
+    one embedding dim the tables are one global table (TorchRec's grouped tables: one gather and
+    one sparse optimizer update per step instead of one per field), which adds the int64
+    per-field offsets (8 bytes per field); otherwise one table per field.
 
 References:
     Standard embedding lookup; DLRM: Naumov et al., "Deep Learning Recommendation Model for
@@ -34,10 +37,16 @@ class FullEmbedding(CompressedEmbedding):
 
     def __init__(self, config: FullConfig, table: TableSpec, *, device: Any = None, dtype: Any = None) -> None:
         super().__init__(config, table, device=device, dtype=dtype)
-        self.embedding = nn.Embedding(table.num_embeddings, table.embedding_dim, sparse=True, **self._factory)
+        weight = torch.empty(table.num_embeddings, table.embedding_dim, **self._factory)  # no N(0,1) pass first
+        self.embedding = nn.Embedding(table.num_embeddings, table.embedding_dim, sparse=True, _weight=weight)
         if self.embedding.weight.device.type != "meta":
-            b = init_bound(table)
-            nn.init.uniform_(self.embedding.weight, -b, b)
+            # a global table is initialised field by field, each with its own bound (as per-field tables are)
+            start = 0
+            with torch.no_grad():
+                for rows in table.segments or (table.num_embeddings,):
+                    b = math.sqrt(1.0 / rows)
+                    self.embedding.weight[start:start + rows].uniform_(-b, b)
+                    start += rows
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.embedding(ids)
@@ -59,7 +68,7 @@ class FullConfig(MethodConfig):
     name: ClassVar[str] = "full"
     module_class: ClassVar[type[CompressedEmbedding]] = FullEmbedding
     tags: ClassVar[MethodTags] = MethodTags(
-        category="baseline", compresses_training=False, layout="per_field",
+        category="baseline", compresses_training=False, layout="global",
         reference="Naumov et al., DLRM, arXiv:1906.00091 (2019)",
     )
 

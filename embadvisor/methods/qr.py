@@ -85,7 +85,10 @@ class QREmbedding(CompressedEmbedding):
     @staticmethod
     def _rows(table: nn.Embedding, idx: torch.Tensor) -> torch.Tensor:
         """``table(idx)`` with one gather per distinct row: the sparse gradient then has one entry
-        per distinct row instead of one per lookup (the sparse optimizer's coalesce is the cost)."""
+        per distinct row instead of one per lookup (the sparse optimizer's coalesce is the cost).
+        Without autograd (serving, evaluation) the sort would buy nothing: a plain gather."""
+        if not (torch.is_grad_enabled() and table.weight.requires_grad):
+            return table(idx)
         uniq, inv = torch.unique(idx, return_inverse=True)
         return table(uniq).index_select(0, inv)
 

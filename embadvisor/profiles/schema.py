@@ -160,12 +160,15 @@ class TableSpec:
         num_embeddings: rows of the logical table; ids lie in ``[0, num_embeddings)``.
         embedding_dim: width of the vectors the table returns.
         frequency: id-frequency summary, or None when unknown.
+        segments: for a global table merged from several fields, each field's row count in order
+            (their sum is ``num_embeddings``); empty for one field's own table.
     """
 
     name: str
     num_embeddings: int
     embedding_dim: int
     frequency: FrequencySummary | None = None
+    segments: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for key in ("num_embeddings", "embedding_dim"):
@@ -176,6 +179,8 @@ class TableSpec:
             raise _bad("num_embeddings", "an integer >= 1", self.num_embeddings)
         if not isinstance(self.embedding_dim, int) or self.embedding_dim < 1:
             raise _bad("embedding_dim", "an integer >= 1", self.embedding_dim)
+        if self.segments and sum(self.segments) != self.num_embeddings:
+            raise _bad("segments", f"row counts adding up to num_embeddings={self.num_embeddings}", self.segments)
 
     @property
     def full_elements(self) -> int:

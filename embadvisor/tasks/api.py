@@ -8,6 +8,8 @@ test split once).
 
 from __future__ import annotations
 
+import math
+
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -154,8 +156,8 @@ def plan_for(
     """The method's plan for ``tables`` (default budget: :data:`DEFAULT_RATIO` of the full tables)."""
     cls = get_method(method)
     if budget_bytes is None:
-        full = sum(FullConfig().memory(t, optimizer=optimizer).bytes_for(scope) for t in tables)
-        budget_bytes = full if cls.name == "full" else full * DEFAULT_RATIO
+        full = solve(FullConfig, tables, math.inf, scope=scope, optimizer=optimizer)
+        budget_bytes = full.bytes if cls.name == "full" else full.full_bytes * DEFAULT_RATIO
     plan = solve(cls, tables, budget_bytes, scope=scope, optimizer=optimizer, fixed=fixed)
     if not plan.feasible:
         raise InfeasibleError(
