@@ -119,3 +119,13 @@ def test_from_budget_picks_fewer_collisions_for_more_memory() -> None:
 def test_infeasible_when_more_collisions_than_ids() -> None:
     assert QRConfig(num_collisions=9).check_feasible(TableSpec("t", 8, 4)) is not None
     assert QRConfig(num_collisions=8).check_feasible(TableSpec("t", 8, 4)) is None
+
+
+def test_lookup_without_gradients_equals_the_training_lookup() -> None:
+    torch.manual_seed(0)
+    m = QRConfig(num_collisions=7).build(TableSpec("t", 1000, 16))
+    ids = torch.randint(0, 1000, (64, 5))
+    with torch.no_grad():
+        served = m(ids)
+    trained = m(ids)
+    assert trained.requires_grad and torch.equal(served, trained)

@@ -98,3 +98,17 @@ def test_from_budget_rounds_to_whole_rows() -> None:
     assert cfg.memory(table).serve_bytes > budget - 16 * 4 - 64
     tiny = ROBEConfig.from_budget(table, 40)
     assert tiny is not None and tiny.num_weights == 6  # 6 floats + 2 seeds = 40 bytes
+
+
+@pytest.mark.parametrize("d", [7, 16, 64, 130])
+def test_signs_are_the_hash_bits(d: int) -> None:
+    """Sign of column j: bit j % 62 of sign hash j // 62 (read a byte at a time by the module)."""
+    from embadvisor.methods._hashing import hash_ids
+    from embadvisor.methods.robe import SIGN_BITS
+
+    module = build(4096, d=d)
+    ids = torch.randint(0, 2**40, (3000,))
+    h = hash_ids(ids, module.seeds[1:], 1 << SIGN_BITS)
+    bits = [(h[:, j // SIGN_BITS] >> (j % SIGN_BITS)) & 1 for j in range(d)]
+    want = 1.0 - 2.0 * torch.stack(bits, dim=1).float()
+    assert torch.equal(module.signs(ids), want)

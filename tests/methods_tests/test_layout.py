@@ -1,0 +1,58 @@
+"""Table layouts: full's global table (one per workload of one dim) and the per-field fallback."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from embadvisor.errors import InvalidConfigError
+from embadvisor.methods import build_collection, solve
+from embadvisor.methods.full import FullConfig
+from embadvisor.profiles.schema import TableSpec
+
+TABLES = [TableSpec("a", 3, 8), TableSpec("b", 100, 8), TableSpec("c", 1000, 8)]
+
+
+def test_full_is_one_global_table_whose_fields_are_initialised_like_separate_tables() -> None:
+    torch.manual_seed(0)
+    glob = build_collection(solve("full", TABLES, math.inf))
+    torch.manual_seed(0)
+    per = build_collection(solve("full", TABLES, math.inf, layout="per_field"))
+    assert glob.layout == "global" and per.layout == "per_field" and len(glob.tables) == 1
+    weight = glob.tables[0].embedding.weight
+    assert torch.equal(weight, torch.cat([t.embedding.weight for t in per.tables]))
+    for (lo, hi), t in zip([(0, 3), (3, 103), (103, 1103)], TABLES, strict=True):
+        bound = math.sqrt(1 / t.num_embeddings)
+        seg = weight[lo:hi]
+        assert seg.abs().max().item() <= bound and seg.abs().max().item() > 0.5 * bound
+    ids = torch.tensor([[0, 5, 7], [2, 99, 999]])
+    assert torch.equal(glob(ids), per(ids))
+    assert torch.equal(glob.lookup(2, ids[:, 2]), per.lookup(2, ids[:, 2]))
+
+
+def test_full_global_memory_counts_the_offsets_exactly() -> None:
+    plan = solve("full", TABLES, math.inf)
+    weights = sum(FullConfig().memory(t).serve_bytes for t in TABLES)
+    assert plan.memory.serve_bytes == weights + 8 * len(TABLES) == build_collection(plan).measured_memory()
+    assert plan.full_bytes == weights
+    tight = solve("full", TABLES, weights)
+    assert not tight.feasible and tight.min_budget_bytes == weights + 8 * len(TABLES)
+
+
+def test_fields_of_different_dims_fall_back_to_one_table_each() -> None:
+    mixed = [TableSpec("a", 5000, 8), TableSpec("b", 6000, 4)]
+    for method, budget in (("full", math.inf), ("hash", 0.5 * (5000 * 8 + 6000 * 4) * 4)):
+        plan = solve(method, mixed, budget)
+        assert plan.layout == "per_field" and plan.feasible
+        out = build_collection(plan).lookup(1, torch.tensor([1, 2]))
+        assert out.shape == (2, 4)
+    with pytest.raises(InvalidConfigError, match="one embedding dim"):
+        solve("full", mixed, math.inf, layout="global")
+
+
+def test_segments_must_add_up() -> None:
+    assert TableSpec("g", 10, 4, None, (3, 7)).segments == (3, 7)
+    with pytest.raises(InvalidConfigError, match="segments"):
+        TableSpec("g", 10, 4, None, (3, 8))
