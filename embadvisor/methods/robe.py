@@ -55,6 +55,7 @@ __all__ = ["ROBEConfig", "ROBEEmbedding"]
 
 SIGN_BITS = 62
 ROW = 16  # preferred row width of the stored array
+_INT32_SIGN = -(1 << 31)  # bit 31: the sign bit of a float32
 
 
 def row_width(num_weights: int) -> int:
@@ -114,6 +115,42 @@ class ROBEEmbedding(CompressedEmbedding):
         window = self.array(rows).flatten(-2)  # [N, k·w]: flat positions from first_row·w on
         return window.gather(-1, col.unsqueeze(-1) + torch.arange(d, device=ids.device))
 
+    def serve_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """``s(x) ⊙ A[h(x) : h(x) + d]`` of int64 ids ``[N]`` -> ``[N, d]`` without autograd (serving, evaluation).
+
+        The same values as the training path, with fewer passes: each id's block is one row of a
+        strided window view of the array (no copy), and the signs flip the float sign bits in place.
+        """
+        m, d = self.num_weights, self.embedding_dim
+        flat = self.array.weight.reshape(-1)
+        start = self.offsets(ids)
+        if m < d:  # the block wraps more than once: the reference form
+            out = flat[(start.unsqueeze(-1) + torch.arange(d, device=ids.device)) % m]
+        else:
+            out = flat.as_strided((m - d + 1, d), (1, 1)).index_select(0, start.clamp(max=m - d))
+            wrap = (start > m - d).nonzero().squeeze(1)
+            if wrap.numel():
+                out[wrap] = flat[(start[wrap].unsqueeze(-1) + torch.arange(d, device=ids.device)) % m]
+        if out.dtype == torch.float32:
+            out.view(torch.int32).bitwise_xor_(self._sign_bits(ids))
+        else:
+            out.mul_(self.signs(ids))
+        return out
+
+    def _sign_bits(self, ids: torch.Tensor) -> torch.Tensor:
+        """int32 ``[N, d]`` with only bit 31 set where ``s(x, j) = -1`` (a float32 sign-bit mask)."""
+        d = self.embedding_dim
+        h = hash_ids(ids, self.seeds[1:], 1 << SIGN_BITS)  # [N, ceil(d/62)]
+        parts = []
+        for i in range(h.shape[-1]):
+            cols = min(SIGN_BITS, d - SIGN_BITS * i)
+            for lo in range(0, cols, 32):
+                word = (h[:, i] >> lo) & 0xFFFFFFFF
+                word = (word - ((word >> 31) << 32)).to(torch.int32)  # the same 32 bits, as an exact int32
+                shifts = 31 - torch.arange(min(32, cols - lo), dtype=torch.int32, device=ids.device)
+                parts.append((word.unsqueeze(-1) << shifts) & _INT32_SIGN)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
     def signs(self, ids: torch.Tensor) -> torch.Tensor:
         """The ``±1`` signs ``s(x, j)`` of int64 ids ``[N]`` -> ``[N, d]``: bit ``j % 62`` of hash ``j // 62``.
 
@@ -133,7 +170,9 @@ class ROBEEmbedding(CompressedEmbedding):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
-        uniq, inv = torch.unique(flat, return_inverse=True)
+        uniq, inv = torch.unique(flat, return_inverse=True)  # skewed ids: several times fewer blocks to read
+        if not (torch.is_grad_enabled() and self.array.weight.requires_grad):
+            return self.serve_rows(uniq).index_select(0, inv).view(*ids.shape, self.embedding_dim)
         rows = self.values(uniq) * self.signs(uniq)
         return rows.index_select(0, inv).view(*ids.shape, self.embedding_dim)
 

@@ -112,3 +112,18 @@ def test_signs_are_the_hash_bits(d: int) -> None:
     bits = [(h[:, j // SIGN_BITS] >> (j % SIGN_BITS)) & 1 for j in range(d)]
     want = 1.0 - 2.0 * torch.stack(bits, dim=1).float()
     assert torch.equal(module.signs(ids), want)
+
+
+@pytest.mark.parametrize(("m", "d"), [(5000, 16), (17, 16), (7, 16), (999, 70), (3, 1)])
+def test_serving_lookup_equals_the_training_lookup(m: int, d: int) -> None:
+    """Without autograd the block is read from a strided window and the signs flip sign bits."""
+    module = build(m, d)
+    ids = torch.randint(0, 2**40, (4000,))
+    trained = module(ids)
+    with torch.no_grad():
+        served = module(ids)
+    assert trained.requires_grad and torch.equal(served, trained.detach())
+    assert torch.equal(module.serve_rows(ids), trained.detach())
+    wide = ROBEConfig(num_weights=m).build(TableSpec("t", 1000, d), dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(wide(ids), wide.values(ids) * wide.signs(ids))
