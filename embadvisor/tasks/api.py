@@ -8,9 +8,8 @@ test split once).
 
 from __future__ import annotations
 
-import math
-
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
