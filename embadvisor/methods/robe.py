@@ -35,7 +35,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -56,6 +55,7 @@ __all__ = ["ROBEConfig", "ROBEEmbedding"]
 SIGN_BITS = 62
 ROW = 16  # preferred row width of the stored array
 _INT32_SIGN = -(1 << 31)  # bit 31: the sign bit of a float32
+_FLOAT32_ONE = 0x3F800000  # the bits of 1.0f
 
 
 def row_width(num_weights: int) -> int:
@@ -65,13 +65,6 @@ def row_width(num_weights: int) -> int:
 
 def num_sign_hashes(d: int) -> int:
     return -(-d // SIGN_BITS)
-
-
-@functools.cache
-def _sign_table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``[256, 8]``: row ``b`` holds ``1 - 2·bit_k(b)`` (a constant of the code, not of the model)."""
-    bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
-    return (1 - 2 * bits).to(dtype=dtype, device=device)
 
 
 class ROBEEmbedding(CompressedEmbedding):
@@ -154,19 +147,9 @@ class ROBEEmbedding(CompressedEmbedding):
     def signs(self, ids: torch.Tensor) -> torch.Tensor:
         """The ``±1`` signs ``s(x, j)`` of int64 ids ``[N]`` -> ``[N, d]``: bit ``j % 62`` of hash ``j // 62``.
 
-        Read a byte at a time: each byte of a hash picks its 8 signs from a 256 x 8 table, so the
-        per-column work is one gather instead of a shift, a mask and two float passes.
+        Built from the sign-bit mask: ``1.0`` with the sign bit set where the sign is negative.
         """
-        d = self.embedding_dim
-        h = hash_ids(ids, self.seeds[1:], 1 << SIGN_BITS)  # [N, ceil(d/62)]
-        table = _sign_table(self.array.weight.dtype, ids.device)
-        parts = []
-        for i in range(h.shape[-1]):
-            cols = min(SIGN_BITS, d - SIGN_BITS * i)
-            shifts = torch.arange(0, cols, 8, device=ids.device)
-            byte = (h[:, i:i + 1] >> shifts) & 255  # [N, ceil(cols/8)]
-            parts.append(table[byte].flatten(-2)[:, :cols])
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        return (self._sign_bits(ids) | _FLOAT32_ONE).view(torch.float32).to(self.array.weight.dtype)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
