@@ -27,9 +27,10 @@ from embadvisor.profiles.schema import TableSpec
 __all__ = ["FullConfig", "FullEmbedding"]
 
 
-def init_bound(table: TableSpec) -> float:
-    """Uniform init bound sqrt(1/n), the benchmark's (and DLRM's) embedding initialisation."""
-    return math.sqrt(1.0 / table.num_embeddings)
+def init_bound(table: TableSpec | int) -> float:
+    """Uniform init bound sqrt(1/n) of a table (or of ``n`` rows), the benchmark's (and DLRM's) initialisation."""
+    rows = table if isinstance(table, int) else table.num_embeddings
+    return math.sqrt(1.0 / rows)
 
 
 class FullEmbedding(CompressedEmbedding):
@@ -44,7 +45,7 @@ class FullEmbedding(CompressedEmbedding):
             start = 0
             with torch.no_grad():
                 for rows in table.segments or (table.num_embeddings,):
-                    b = math.sqrt(1.0 / rows)
+                    b = init_bound(rows)
                     self.embedding.weight[start:start + rows].uniform_(-b, b)
                     start += rows
 
