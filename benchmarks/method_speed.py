@@ -17,7 +17,11 @@ Targets apply to both ratios (training step and lookup). On a machine that drift
 ``--rounds N`` repeats the whole measurement N times, full included, and reports the median of the
 per-round ratios (each method against its own round's full run) with their range.
 
+``--ids shuffled`` maps each frequency rank to a fixed random id (data whose ids say nothing about
+frequency); the default gives rank r the id r, so full's hot rows share cache lines.
+
 Usage: python benchmarks/method_speed.py [--reps 7] [--threads 2] [--methods a,b] [--budgets 0.5,0.1,0.01] [--rounds 1]
+       [--ids sorted|shuffled]
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ BATCH, FIELDS = 4096, 26
 LAYOUTS = ("global", "per_field")
 
 
-def worker(method: str, ratio: float, reps: int, threads: int, layout: str | None = None) -> dict:
+def worker(method: str, ratio: float, reps: int, threads: int, layout: str | None = None,
+           ids: str = "sorted") -> dict:
     import resource
 
     import numpy as np
@@ -57,11 +62,24 @@ def worker(method: str, ratio: float, reps: int, threads: int, layout: str | Non
     emb = build_collection(plan)
     rng = np.random.default_rng(0)
     counts = [np.maximum(1, (1e6 / np.arange(1, t.num_embeddings + 1) ** 1.1)).astype(np.int64) for t in tables]
+    # "sorted": frequency rank r is id r (hot ids share cache lines); "shuffled": a fixed random id per rank,
+    # as in data whose ids were assigned without regard to frequency (e.g. Criteo's hashed categories)
+    perms = [np.random.default_rng(7 + f).permutation(t.num_embeddings) for f, t in enumerate(tables)] \
+        if ids == "shuffled" else None
+    if perms is not None:
+        by_id = []
+        for c, perm in zip(counts, perms, strict=True):
+            c_id = np.empty_like(c)
+            c_id[perm] = c
+            by_id.append(c_id)
+        counts = by_id
     emb.prepare(counts)
     build_s = time.perf_counter() - t0
     sizes = np.array([t.num_embeddings for t in tables])
-    batches = [torch.from_numpy(np.stack([np.minimum(rng.zipf(1.1, BATCH) - 1, n - 1) for n in sizes], 1))
-               for _ in range(reps + 2)]
+    ranks = [np.stack([np.minimum(rng.zipf(1.1, BATCH) - 1, n - 1) for n in sizes], 1) for _ in range(reps + 2)]
+    if perms is not None:
+        ranks = [np.stack([perm[r[:, f]] for f, perm in enumerate(perms)], 1) for r in ranks]
+    batches = [torch.from_numpy(r) for r in ranks]
     sparse = emb.sparse_parameters()
     sid = {id(p) for p in sparse}
     dense = [p for p in emb.parameters() if p.requires_grad and id(p) not in sid]
@@ -112,9 +130,9 @@ def worker(method: str, ratio: float, reps: int, threads: int, layout: str | Non
     }
 
 
-def run(method: str, ratio: float, reps: int, threads: int, layout: str | None = None) -> dict:
+def run(method: str, ratio: float, reps: int, threads: int, layout: str | None = None, ids: str = "sorted") -> dict:
     cmd = [sys.executable, __file__, "--worker", method, "--ratio", str(ratio), "--reps", str(reps),
-           "--threads", str(threads)] + (["--layout", layout] if layout else [])
+           "--threads", str(threads), "--ids", ids] + (["--layout", layout] if layout else [])
     res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     if res.returncode != 0:
         return {"method": method, "ratio": ratio, "feasible": False, "reason": "crashed: " + res.stderr[-300:]}
@@ -135,9 +153,11 @@ def main() -> None:
     ap.add_argument("--budgets", default="0.5,0.1,0.01")
     ap.add_argument("--rounds", type=int, default=1, help="repeat everything, full included; report median ratios")
     ap.add_argument("--layout", choices=LAYOUTS, help=argparse.SUPPRESS)  # the worker's layout (full)
+    ap.add_argument("--ids", choices=("sorted", "shuffled"), default="sorted",
+                    help="Zipf ids with id = frequency rank (default), or each rank mapped to a fixed random id")
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.ratio, args.reps, args.threads, args.layout)))
+        print(json.dumps(worker(args.worker, args.ratio, args.reps, args.threads, args.layout, args.ids)))
         return
     from embadvisor.methods import get_method, list_methods
 
@@ -146,20 +166,21 @@ def main() -> None:
     methods = args.methods.split(",") if args.methods else list_methods()
     methods = ["full"] + [m for m in methods if m != "full"]
     budgets = [float(x) for x in args.budgets.split(",")]
-    print(f"criteo-kaggle preset, batch {BATCH} x {FIELDS} fields, {args.threads} threads, medians of {args.reps}"
+    print(f"criteo-kaggle preset, batch {BATCH} x {FIELDS} fields, {args.ids} Zipf ids, {args.threads} threads, "
+          f"medians of {args.reps}"
           f"{f'; {args.rounds} rounds, each with its own full run (ratios: median over rounds)' if args.rounds > 1 else ''}")
     runs: dict[tuple[str, float], list[tuple[dict, float, float, float, float]]] = {}
     for k in range(args.rounds):
         # this machine drifts between processes: every round re-measures full (in both layouts), and each ratio
         # uses its round's full runs
-        full = {lay: run("full", 1.0, args.reps, args.threads, lay) for lay in LAYOUTS}
+        full = {lay: run("full", 1.0, args.reps, args.threads, lay, args.ids) for lay in LAYOUTS}
         for lay, f in full.items():
             print(f"round {k + 1} full ({lay}{', the default' if lay == default_full else ''}): train step "
                   f"{f['train_ms']:.1f} ms, lookup {f['lookup_ms']:.2f} ms, peak RSS {f['peak_rss_bytes'] / 2**30:.2f} GiB",
                   flush=True)
         for ratio in budgets:
             for m in methods[1:]:
-                r = run(m, ratio, args.reps, args.threads)
+                r = run(m, ratio, args.reps, args.threads, ids=args.ids)
                 if not r["feasible"]:
                     runs.setdefault((m, ratio), []).append((r, math.nan, math.nan, math.nan, math.nan))
                     continue
