@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from embadvisor.methods._base import CompressedEmbedding, Stage, measured_bytes
+from embadvisor.methods._base import CompressedEmbedding, GroupedEmbedding, Stage, measured_bytes
+from embadvisor.methods._hugepages import advise_hugepages_
 from embadvisor.methods._registry import get_method
 from embadvisor.methods._solver import Plan
 
@@ -44,6 +45,7 @@ class EmbeddingCollection(nn.Module):
             sizes = torch.tensor([0] + [t.num_embeddings for t in plan.field_tables[:-1]], dtype=torch.int64)
             self.register_buffer("offsets", torch.cumsum(sizes, 0).to(device) if device else torch.cumsum(sizes, 0))
         self._stages = get_method(plan.method).stages
+        advise_hugepages_(self)  # large tables on 2 MiB pages: random row lookups walk far fewer pages
 
     @property
     def stages(self) -> tuple[Stage, ...]:
@@ -55,6 +57,8 @@ class EmbeddingCollection(nn.Module):
 
     def lookup(self, field: int, ids: torch.Tensor) -> torch.Tensor:
         """Embed one field's ids of any shape."""
+        if isinstance(self.tables[0], GroupedEmbedding):
+            return self.tables[0].lookup(field, ids)
         if self.layout == "global":
             return self.tables[0](ids + self.offsets[field])
         return self.tables[field](ids)
@@ -64,13 +68,12 @@ class EmbeddingCollection(nn.Module):
 
         ``fields`` names the field index of each column (default: all fields in order).
         """
-        if fields is None or list(fields) == list(range(len(self.field_names))):
-            if self.layout == "global":
-                return self.tables[0](ids + self.offsets)
-            return torch.stack([t(ids[:, i]) for i, t in enumerate(self.tables)], dim=1)
-        cols = list(fields)
+        every = fields is None or list(fields) == list(range(len(self.field_names)))
+        cols = list(range(len(self.field_names))) if fields is None else list(fields)
+        if isinstance(self.tables[0], GroupedEmbedding):
+            return self.tables[0](ids, None if every else cols)
         if self.layout == "global":
-            return self.tables[0](ids + self.offsets[cols])
+            return self.tables[0](ids + (self.offsets if every else self.offsets[cols]))
         return torch.stack([self.tables[f](ids[:, k]) for k, f in enumerate(cols)], dim=1)
 
     # -- hooks forwarded to every table --------------------------------------------------------
@@ -109,8 +112,22 @@ class EmbeddingCollection(nn.Module):
         return [p for m in self.modules_ for p in m.sparse_parameters()]
 
     def export(self) -> EmbeddingCollection:
-        """The serving form: every table replaced by its exported module (in place; returns self)."""
-        self.tables = nn.ModuleList([m.export() for m in self.modules_])
+        """The serving form, in place (returns self): every table replaced by its exported module.
+
+        In the per-field layout the method may then serve all fields from one grouped module
+        (:meth:`~CompressedEmbedding.group_for_serving`: concatenated tables, one gather for many
+        fields, as TorchRec's grouped tables), holding the same bytes.
+        """
+        exported = [m.export() for m in self.modules_]
+        group = None
+        if self.layout == "per_field" and len(exported) > 1:
+            group = get_method(self.plan.method).module_class.group_for_serving(exported)
+        if group is not None:
+            del exported
+            self.tables = nn.ModuleList([group])
+        else:
+            self.tables = nn.ModuleList(exported)
+        advise_hugepages_(self)  # serving forms may hold new tensors
         return self.eval()
 
     def measured_memory(self) -> int:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["hash_ids", "make_seeds", "split_ids"]
+from embadvisor.methods import _native
+
+__all__ = ["hash_ids", "make_seeds", "mixed_seeds", "split_ids"]
 
 _MASK63 = (1 << 63) - 1
 # murmur3 fmix64 constants as signed int64
@@ -36,6 +38,11 @@ def mix64(x: torch.Tensor) -> torch.Tensor:
     return x.bitwise_xor_(_shr(x, 33))
 
 
+def mixed_seeds(seeds: torch.Tensor) -> torch.Tensor:
+    """The per-seed words ``mix64(seed * golden)`` that :func:`hash_ids` XORs into the ids."""
+    return mix64(seeds * _GOLDEN)
+
+
 def hash_ids(ids: torch.Tensor, seeds: torch.Tensor, buckets: int) -> torch.Tensor:
     """Hash int64 ids into ``[0, buckets)`` once per seed.
 
@@ -47,10 +54,14 @@ def hash_ids(ids: torch.Tensor, seeds: torch.Tensor, buckets: int) -> torch.Tens
     Returns:
         int64 tensor of shape ``(*S, k)`` (or ``S`` for a scalar seed).
     """
+    mixed = mixed_seeds(seeds)
+    rows = _native.hash_rows(ids, mixed, buckets)
+    if rows is not None:
+        return rows.squeeze(-1) if seeds.dim() == 0 else rows
     if seeds.dim() == 0:
-        h = mix64(ids ^ mix64(seeds * _GOLDEN))
+        h = mix64(ids ^ mixed)
     else:
-        h = mix64(ids.unsqueeze(-1) ^ mix64(seeds * _GOLDEN))
+        h = mix64(ids.unsqueeze(-1) ^ mixed)
     return h.bitwise_and_(_MASK63).remainder_(buckets)
 
 

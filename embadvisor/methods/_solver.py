@@ -267,22 +267,32 @@ def solve(
         return plan(tps, "per_field", None, min_b)
 
     full_b = [tp.memory.bytes_for(scope) for tp in full_plans]
-    keep_full = {i for i, t in enumerate(tables) if t.num_embeddings <= threshold}
-    room = keep_small_share * budget_bytes
-    for i in sorted(range(len(tables)), key=lambda i: full_b[i]):
-        if full_b[i] > room:
-            break
-        keep_full.add(i)
-        room -= full_b[i]
-    mins: list[MethodConfig | None] = []
-    min_b_list: list[float] = []
-    for i, (t, fb) in enumerate(zip(tables, full_b, strict=True)):
-        m = None if (i in keep_full or cls.name == "full") else cls.min_config(t, **fixed)
-        mb = cost(m, t) if m is not None else math.inf
-        if mb >= fb:
-            m, mb = None, math.inf
-        mins.append(m)
-        min_b_list.append(mb)
+
+    def smallest_configs(budget: float) -> tuple[list[MethodConfig | None], list[float]]:
+        """Per table: the method's smallest config (None: the table stays full) and its bytes.
+
+        Tables no bigger than ``threshold`` stay full, and so do the smallest tables that fit in
+        ``keep_small_share`` of the budget (the benchmark's rule), so the set depends on the budget.
+        """
+        keep_full = {i for i, t in enumerate(tables) if t.num_embeddings <= threshold}
+        room = keep_small_share * budget
+        for i in sorted(range(len(tables)), key=lambda i: full_b[i]):
+            if full_b[i] > room:
+                break
+            keep_full.add(i)
+            room -= full_b[i]
+        mins: list[MethodConfig | None] = []
+        min_bytes: list[float] = []
+        for i, (t, fb) in enumerate(zip(tables, full_b, strict=True)):
+            m = None if (i in keep_full or cls.name == "full") else cls.min_config(t, **fixed)
+            mb = cost(m, t) if m is not None else math.inf
+            if mb >= fb:
+                m, mb = None, math.inf
+            mins.append(m)
+            min_bytes.append(mb)
+        return mins, min_bytes
+
+    mins, min_b_list = smallest_configs(budget_bytes)
 
     def choose(i: int, r: float) -> TablePlan:
         t, m = tables[i], mins[i]
@@ -300,11 +310,20 @@ def solve(
         return sum(tp.memory.bytes_for(scope) for tp in tps), tps
 
     lo_total, lo_tps = total(0.0)
-    min_budget = lo_total
     if all(m is None for m in mins) and cls.name != "full":
-        return plan([], "per_field", None, min_budget, "no table gets smaller with this method")
+        return plan([], "per_field", None, lo_total, "no table gets smaller with this method")
     if lo_total > budget_bytes:
-        return plan(lo_tps, "per_field", None, min_budget)
+        # the smallest feasible budget: a larger budget keeps more small tables full, which costs
+        # more, so iterate to the fixed point (at most one step per table)
+        need = lo_total
+        for _ in range(len(tables) + 1):
+            mins, min_b_list = smallest_configs(need)
+            need_next = total(0.0)[0]
+            if need_next <= need:
+                break
+            need = need_next
+        return plan(lo_tps, "per_field", None, need)
+    min_budget = lo_total
     hi_total, hi_tps = total(1.0)
     if hi_total <= budget_bytes:
         return plan(hi_tps, "per_field", None, min_budget)

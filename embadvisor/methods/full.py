@@ -14,17 +14,19 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from embadvisor.methods._base import CompressedEmbedding, MethodConfig, MethodTags, TensorSpec
+from embadvisor.methods._base import CompressedEmbedding, GroupedEmbedding, MethodConfig, MethodTags, TensorSpec
 from embadvisor.methods._registry import register_method
 from embadvisor.profiles.schema import TableSpec
 
-__all__ = ["FullConfig", "FullEmbedding"]
+__all__ = ["FullConfig", "FullEmbedding", "GroupedFullEmbedding"]
 
 
 def init_bound(table: TableSpec | int) -> float:
@@ -51,6 +53,25 @@ class FullEmbedding(CompressedEmbedding):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.embedding(ids)
+
+    @classmethod
+    def group_for_serving(cls, modules: Sequence[nn.Module]) -> GroupedEmbedding | None:
+        if not all(isinstance(m, FullEmbedding) for m in modules):
+            return None
+        weights = [m.embedding.weight for m in modules]  # type: ignore[union-attr]
+        return GroupedFullEmbedding(weights) if len({w.dtype for w in weights}) == 1 else None
+
+
+class GroupedFullEmbedding(GroupedEmbedding):
+    """Per-field full tables as one concatenated table: one gather for all fields."""
+
+    def __init__(self, weights: Sequence[torch.Tensor]) -> None:
+        super().__init__(len(weights), weights[0].shape[1])
+        weight, self.starts = self.concat_rows(weights)
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, ids: torch.Tensor, positions: Sequence[int] | None = None) -> torch.Tensor:
+        return F.embedding(ids + self.per_column(self.starts, positions, ids.device), self.weight)
 
 
 @register_method

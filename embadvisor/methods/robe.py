@@ -44,8 +44,9 @@ from optuna.distributions import IntDistribution
 from torch import nn
 
 from embadvisor._constraints import Interval
+from embadvisor.methods import _native
 from embadvisor.methods._base import CompressedEmbedding, MethodConfig, MethodTags, TensorSpec
-from embadvisor.methods._hashing import hash_ids, make_seeds, split_ids
+from embadvisor.methods._hashing import hash_ids, make_seeds, mixed_seeds, split_ids
 from embadvisor.methods._registry import register_method
 from embadvisor.methods.full import init_bound
 from embadvisor.profiles.schema import TableSpec
@@ -124,7 +125,9 @@ class ROBEEmbedding(CompressedEmbedding):
             wrap = (start > m - d).nonzero().squeeze(1)
             if wrap.numel():
                 out[wrap] = flat[(start[wrap].unsqueeze(-1) + torch.arange(d, device=ids.device)) % m]
-        if out.dtype == torch.float32:
+        if _native.robe_sign_flip_(out, ids, mixed_seeds(self.seeds[1:])):
+            pass
+        elif out.dtype == torch.float32:
             out.view(torch.int32).bitwise_xor_(self._sign_bits(ids))
         else:
             out.mul_(self.signs(ids))

@@ -1,0 +1,159 @@
+"""Fast serving paths give the reference values: fused C hashing, huge-page tables, grouped per-field serving."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from embadvisor.methods import _native, build_collection, list_methods, solve
+from embadvisor.methods._base import GroupedEmbedding
+from embadvisor.methods._hashing import hash_ids, make_seeds
+from embadvisor.methods._hugepages import advise_hugepages_
+from embadvisor.methods.qr import QRConfig, QREmbedding
+from embadvisor.methods.robe import ROBEConfig
+from embadvisor.profiles.schema import TableSpec
+
+HAVE_CC = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
+
+
+def _ids(n: int = 5000) -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    small = torch.randint(0, 1000, (n // 2,), generator=g)
+    big = torch.randint(0, 2**62, (n - n // 2,), generator=g)  # ids far beyond 2**40 stay exact
+    return torch.cat([small, big, torch.tensor([0, 2**63 - 1])])
+
+
+@pytest.mark.skipif(not HAVE_CC, reason="no C compiler: the torch path is the only path")
+def test_fused_kernels_build_where_a_compiler_exists() -> None:
+    assert _native.available()
+
+
+@pytest.mark.parametrize("buckets", [1, 7, 1000, 2**31 - 1, 2**62])
+@pytest.mark.parametrize("k", [0, 1, 3])  # 0: a scalar seed
+def test_native_hash_ids_equal_the_torch_reference(buckets: int, k: int) -> None:
+    seeds = make_seeds(11, max(k, 1))
+    seeds = seeds[0] if k == 0 else seeds
+    ids = _ids().view(-1, 2)  # any leading shape
+    fast = hash_ids(ids, seeds, buckets)
+    with _native.disabled():
+        ref = hash_ids(ids, seeds, buckets)
+    assert fast.shape == ref.shape == ids.shape + (() if k == 0 else (k,))
+    assert torch.equal(fast, ref)
+    assert int(fast.min()) >= 0 and int(fast.max()) < buckets
+
+
+@pytest.mark.parametrize("d", [7, 16, 64, 130])
+@pytest.mark.parametrize("num_weights", [5, 1000])  # 5 < d: the block wraps around the array
+def test_robe_serving_with_native_signs_equals_the_reference(d: int, num_weights: int) -> None:
+    torch.manual_seed(0)
+    mod = ROBEConfig(num_weights=num_weights, seed=4).build(TableSpec("t", 10**6, d))
+    ids = _ids(400).view(-1, 2)
+    with torch.no_grad():
+        fast = mod(ids)
+        with _native.disabled():
+            ref = mod(ids)
+    train = mod(ids)  # the training path (autograd) is the definition
+    assert torch.equal(fast, ref) and torch.equal(fast, train.detach())
+
+
+def test_disabled_by_environment_and_a_broken_compiler_falls_back_with_a_warning(tmp_path: os.PathLike) -> None:
+    code = ("import warnings, torch\nwarnings.simplefilter('always')\nfrom embadvisor.methods import _native\n"
+            "from embadvisor.methods._hashing import hash_ids\n"
+            "print(_native.available(), int(hash_ids(torch.arange(5), torch.tensor(3), 7).sum()))")
+    base = {**os.environ, "EMBADVISOR_NATIVE_CACHE": str(tmp_path)}
+    runs = {
+        "off": {**base, "EMBADVISOR_NATIVE": "0"},
+        "broken": {**base, "CC": "false", "PATH": str(tmp_path)},  # `false` is not on PATH: no compiler at all
+    }
+    fake = os.path.join(str(tmp_path), "cc")
+    with open(fake, "w") as f:
+        f.write("#!/bin/sh\necho 'cc: error: broken' >&2\nexit 1\n")
+    os.chmod(fake, 0o755)
+    outs = {}
+    for name, env in runs.items():
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert res.returncode == 0, res.stderr
+        outs[name] = (res.stdout.split(), res.stderr)
+    assert outs["off"][0][0] == "False" and "unavailable" not in outs["off"][1]
+    assert outs["broken"][0][0] == "False" and "fused C kernels unavailable" in outs["broken"][1]
+    assert outs["off"][0][1] == outs["broken"][0][1]  # same hashes either way
+    with torch.no_grad(), _native.disabled():
+        assert int(outs["off"][0][1]) == int(hash_ids(torch.arange(5), torch.tensor(3), 7).sum())
+
+
+def test_advise_hugepages_keeps_values_identity_and_bytes() -> None:
+    lin = torch.nn.Linear(64, 32)
+    lin.register_buffer("counts", torch.arange(10))
+    before = {n: t.detach().clone() for n, t in lin.state_dict().items()}
+    weight = lin.weight
+    moved = advise_hugepages_(lin, min_bytes=0)
+    assert lin.weight is weight  # optimizers keep their references
+    for n, t in lin.state_dict().items():
+        assert torch.equal(t, before[n]) and t.dtype == before[n].dtype
+    on_linux = sys.platform.startswith("linux") and "[never]" not in open(
+        "/sys/kernel/mm/transparent_hugepage/enabled").read() if os.path.exists(
+        "/sys/kernel/mm/transparent_hugepage/enabled") else False
+    assert moved == (sum(t.nbytes for t in before.values()) if on_linux else 0)
+    assert advise_hugepages_(lin) == 0  # below the default threshold nothing moves
+
+
+TABLES = [TableSpec("a", 3, 8), TableSpec("b", 400, 8), TableSpec("c", 5000, 8), TableSpec("d", 9000, 8)]
+
+
+def _per_field_pair(method: str, **fixed: object) -> tuple[torch.nn.Module, torch.nn.Module]:
+    budget = 0.3 * sum(t.num_embeddings * t.embedding_dim * 4 for t in TABLES)
+    plan = solve(method, TABLES, math.inf if method == "full" else budget, layout="per_field", **fixed)
+    if not plan.feasible:  # e.g. int8 needs 1/4 of full: take its smallest feasible budget
+        plan = solve(method, TABLES, plan.min_budget_bytes, layout="per_field", **fixed)
+    assert plan.feasible, plan.reason
+    counts = [np.maximum(1, 1000 // np.arange(1, t.num_embeddings + 1)) for t in TABLES]
+    torch.manual_seed(0)
+    a = build_collection(plan)
+    a.prepare(counts)
+    torch.manual_seed(0)
+    b = build_collection(plan)
+    b.prepare(counts)
+    return a.eval(), b.export()
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_grouped_per_field_serving_gives_the_per_field_values_and_bytes(method: str) -> None:
+    train, served = _per_field_pair(method)
+    ids = torch.stack([torch.randint(0, t.num_embeddings, (64,)) for t in TABLES], 1)
+    with torch.no_grad():
+        per_field = torch.stack([m.export()(ids[:, f]) for f, m in enumerate(train.tables)], 1)
+        torch.testing.assert_close(served(ids), per_field, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(served(ids[:, [3, 1]], fields=[3, 1]), per_field[:, [3, 1]], rtol=1e-5, atol=1e-6)
+        multi = ids[:, 2].view(8, 8)
+        torch.testing.assert_close(served.lookup(2, multi), per_field[:, 2].view(8, 8, -1), rtol=1e-5, atol=1e-6)
+    assert served.measured_memory() == train.export().measured_memory()
+
+
+@pytest.mark.parametrize("operation", ["mult", "add"])
+def test_qr_and_mde_and_full_serve_all_fields_from_one_group(operation: str) -> None:
+    for method, fixed in (("qr", {"operation": operation}), ("mde", {}), ("full", {})):
+        if method != "qr" and operation != "mult":
+            continue
+        _, served = _per_field_pair(method, fixed=fixed) if fixed else _per_field_pair(method)
+        assert len(served.tables) == 1 and isinstance(served.tables[0], GroupedEmbedding), method
+
+
+def test_qr_concat_with_uncompressed_fields_stays_per_field() -> None:
+    # concat's quotient tables are d/2 wide: full fields cannot share them, so no group
+    plan = solve("qr", TABLES, 0.6 * sum(t.num_embeddings * 32 for t in TABLES), layout="per_field",
+                 fixed={"operation": "concat"})
+    kinds = {type(tp.config) for tp in plan.tables}
+    assert QRConfig in kinds and len(kinds) > 1  # field "a" (3 ids) stays full
+    served = build_collection(plan).export()
+    assert not isinstance(served.tables[0], GroupedEmbedding) and len(served.tables) == len(TABLES)
+    all_qr = build_collection(solve("qr", TABLES[1:], 0.6 * sum(t.num_embeddings * 32 for t in TABLES[1:]),
+                                     layout="per_field", fixed={"operation": "concat"}, keep_small_share=0.0))
+    if all(isinstance(t, QREmbedding) for t in all_qr.tables):
+        assert isinstance(all_qr.export().tables[0], GroupedEmbedding)
