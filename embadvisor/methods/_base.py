@@ -25,7 +25,7 @@ from torch import nn
 
 from embadvisor._constraints import validate_fields
 from embadvisor.errors import InvalidConfigError
-from embadvisor.methods._hugepages import hugepage_empty
+from embadvisor.methods import _native
 from embadvisor.profiles.schema import TableSpec
 from embadvisor.units import DTYPE_BYTES
 
@@ -38,7 +38,6 @@ __all__ = [
     "OPTIMIZERS",
     "SCOPES",
     "CompressedEmbedding",
-    "GroupedEmbedding",
     "MemoryEstimate",
     "MethodConfig",
     "MethodTags",
@@ -299,51 +298,6 @@ def measured_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
 
 
-class GroupedEmbedding(nn.Module):
-    """Serving form of all fields of a per-field plan, looked up together (TorchRec's grouped tables).
-
-    ``forward(ids[B, K], positions)`` embeds column ``k`` as field ``positions[k]`` (default: every
-    field, in order) and returns ``[B, K, D]``. Per-field offsets into the concatenated tables are
-    kept as Python ints (a small tensor is built per call), so the group holds exactly the bytes of
-    the modules it replaces.
-    """
-
-    def __init__(self, num_fields: int, embedding_dim: int) -> None:
-        super().__init__()
-        self.num_fields = num_fields
-        self.embedding_dim = embedding_dim
-
-    def forward(self, ids: torch.Tensor, positions: Sequence[int] | None = None) -> torch.Tensor:
-        raise NotImplementedError
-
-    def lookup(self, position: int, ids: torch.Tensor) -> torch.Tensor:
-        """Embed ids ``[*S]`` of the group's field ``position`` -> ``[*S, D]``."""
-        return self.forward(ids.reshape(-1, 1), [position]).reshape(*ids.shape, self.embedding_dim)
-
-    @staticmethod
-    def per_column(values: Sequence[int], positions: Sequence[int] | None, device: torch.device) -> torch.Tensor:
-        """int64 ``[K]``: ``values[positions[k]]`` (all values when ``positions`` is None)."""
-        picked = list(values) if positions is None else [values[p] for p in positions]
-        return torch.tensor(picked, dtype=torch.int64, device=device)
-
-    @staticmethod
-    def concat_rows(tables: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
-        """Row-concatenated copy of 2-D tables and each table's first row (the per-field offsets).
-
-        A large CPU result is written straight into huge-page memory (one copy, see ``_hugepages``).
-        """
-        starts, total = [], 0
-        for t in tables:
-            starts.append(total)
-            total += t.shape[0]
-        first = tables[0]
-        if first.device.type != "cpu":
-            return torch.cat([t.detach() for t in tables]), starts
-        out = hugepage_empty((total, *first.shape[1:]), first.dtype)
-        torch.cat([t.detach() for t in tables], out=out)
-        return out, starts
-
-
 class CompressedEmbedding(nn.Module):
     """Base of every method's module: int64 ids of any leading shape -> ``[*S, embedding_dim]``.
 
@@ -402,15 +356,10 @@ class CompressedEmbedding(nn.Module):
         """The serving form, with the same forward contract (default: this module in eval mode)."""
         return self.eval()
 
-    @classmethod
-    def group_for_serving(cls, modules: Sequence[nn.Module]) -> GroupedEmbedding | None:
-        """One serving module for every field of a per-field plan of this method, or None (default).
-
-        ``modules`` are the exported modules of all fields in order: this method's, and
-        :class:`~embadvisor.methods.full.FullEmbedding` for the fields the plan left uncompressed. A
-        method that can look them all up in a few passes (concatenated tables, TorchRec's grouped
-        tables) returns a :class:`GroupedEmbedding` holding the same values and bytes.
-        """
+    def field_kernel(self) -> _native.FieldKernel | None:
+        """This module's serving lookup in the fused kernel's terms (:class:`~embadvisor.methods._native.FieldKernel`),
+        or None (default). In the per-field layout, when every field's serving module has one, the
+        collection embeds all fields in one pass of the C kernel instead of one torch lookup per field."""
         return None
 
     def unmet_target(self) -> str | None:

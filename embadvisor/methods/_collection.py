@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from embadvisor.methods._base import CompressedEmbedding, GroupedEmbedding, Stage, measured_bytes
+from embadvisor.methods import _native
+from embadvisor.methods._base import CompressedEmbedding, Stage, measured_bytes
 from embadvisor.methods._hugepages import advise_hugepages_
 from embadvisor.methods._registry import get_method
 from embadvisor.methods._solver import Plan
@@ -45,6 +46,7 @@ class EmbeddingCollection(nn.Module):
             sizes = torch.tensor([0] + [t.num_embeddings for t in plan.field_tables[:-1]], dtype=torch.int64)
             self.register_buffer("offsets", torch.cumsum(sizes, 0).to(device) if device else torch.cumsum(sizes, 0))
         self._stages = get_method(plan.method).stages
+        self._plan_state: tuple[_native.LookupPlan | None] | None = None  # see _lookup_plan
         advise_hugepages_(self)  # large tables on 2 MiB pages: random row lookups walk far fewer pages
 
     @property
@@ -57,8 +59,6 @@ class EmbeddingCollection(nn.Module):
 
     def lookup(self, field: int, ids: torch.Tensor) -> torch.Tensor:
         """Embed one field's ids of any shape."""
-        if isinstance(self.tables[0], GroupedEmbedding):
-            return self.tables[0].lookup(field, ids)
         if self.layout == "global":
             return self.tables[0](ids + self.offsets[field])
         return self.tables[field](ids)
@@ -70,11 +70,37 @@ class EmbeddingCollection(nn.Module):
         """
         every = fields is None or list(fields) == list(range(len(self.field_names)))
         cols = list(range(len(self.field_names))) if fields is None else list(fields)
-        if isinstance(self.tables[0], GroupedEmbedding):
-            return self.tables[0](ids, None if every else cols)
         if self.layout == "global":
             return self.tables[0](ids + (self.offsets if every else self.offsets[cols]))
+        if not torch.is_grad_enabled():  # serving: every field in one fused pass
+            plan = self._lookup_plan() if every else self._build_plan(cols)
+            out = plan(ids) if plan is not None else None
+            if out is not None:
+                return out
         return torch.stack([self.tables[f](ids[:, k]) for k, f in enumerate(cols)], dim=1)
+
+    def _build_plan(self, cols: Sequence[int]) -> _native.LookupPlan | None:
+        kernels = [getattr(self.tables[f], "field_kernel", lambda: None)() for f in cols]
+        return _native.LookupPlan.build(kernels, self.embedding_dim)
+
+    def _lookup_plan(self) -> _native.LookupPlan | None:
+        """The fused per-field lookup of all fields, built once per serving form (see :meth:`refresh_kernels`)."""
+        if self._plan_state is None:
+            self._plan_state = (self._build_plan(range(len(self.field_names))),)
+        return self._plan_state[0]
+
+    def refresh_kernels(self) -> None:
+        """Forget the fused lookup's table addresses (done by ``export``, ``to`` and the like); call it after
+        replacing a table's tensor objects by hand (in-place updates need nothing)."""
+        self._plan_state = None
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()  # pickle / deepcopy: raw table addresses must not travel
+        return {**state, "_plan_state": None}
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]  # .to(), .float(), ...: new tensors
+        self.refresh_kernels()
+        return super()._apply(fn, recurse)
 
     # -- hooks forwarded to every table --------------------------------------------------------
     def prepare(self, counts: Sequence[np.ndarray] | None) -> None:
@@ -112,22 +138,10 @@ class EmbeddingCollection(nn.Module):
         return [p for m in self.modules_ for p in m.sparse_parameters()]
 
     def export(self) -> EmbeddingCollection:
-        """The serving form, in place (returns self): every table replaced by its exported module.
-
-        In the per-field layout the method may then serve all fields from one grouped module
-        (:meth:`~CompressedEmbedding.group_for_serving`: concatenated tables, one gather for many
-        fields, as TorchRec's grouped tables), holding the same bytes.
-        """
-        exported = [m.export() for m in self.modules_]
-        group = None
-        if self.layout == "per_field" and len(exported) > 1:
-            group = get_method(self.plan.method).module_class.group_for_serving(exported)
-        if group is not None:
-            del exported
-            self.tables = nn.ModuleList([group])
-        else:
-            self.tables = nn.ModuleList(exported)
+        """The serving form: every table replaced by its exported module (in place; returns self)."""
+        self.tables = nn.ModuleList([m.export() for m in self.modules_])
         advise_hugepages_(self)  # serving forms may hold new tensors
+        self.refresh_kernels()
         return self.eval()
 
     def measured_memory(self) -> int:

@@ -14,19 +14,18 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from embadvisor.methods._base import CompressedEmbedding, GroupedEmbedding, MethodConfig, MethodTags, TensorSpec
+from embadvisor.methods import _native
+from embadvisor.methods._base import CompressedEmbedding, MethodConfig, MethodTags, TensorSpec
 from embadvisor.methods._registry import register_method
 from embadvisor.profiles.schema import TableSpec
 
-__all__ = ["FullConfig", "FullEmbedding", "GroupedFullEmbedding"]
+__all__ = ["FullConfig", "FullEmbedding"]
 
 
 def init_bound(table: TableSpec | int) -> float:
@@ -52,26 +51,11 @@ class FullEmbedding(CompressedEmbedding):
                     start += rows
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.embedding(ids)
+        return _native.embed(self.embedding, ids)
 
-    @classmethod
-    def group_for_serving(cls, modules: Sequence[nn.Module]) -> GroupedEmbedding | None:
-        if not all(isinstance(m, FullEmbedding) for m in modules):
-            return None
-        weights = [m.embedding.weight for m in modules]  # type: ignore[union-attr]
-        return GroupedFullEmbedding(weights) if len({w.dtype for w in weights}) == 1 else None
+    def field_kernel(self) -> _native.FieldKernel | None:
+        return _native.FieldKernel(_native.ROWS, self.embedding.weight, self.num_embeddings)
 
-
-class GroupedFullEmbedding(GroupedEmbedding):
-    """Per-field full tables as one concatenated table: one gather for all fields."""
-
-    def __init__(self, weights: Sequence[torch.Tensor]) -> None:
-        super().__init__(len(weights), weights[0].shape[1])
-        weight, self.starts = self.concat_rows(weights)
-        self.weight = nn.Parameter(weight)
-
-    def forward(self, ids: torch.Tensor, positions: Sequence[int] | None = None) -> torch.Tensor:
-        return F.embedding(ids + self.per_column(self.starts, positions, ids.device), self.weight)
 
 
 @register_method

@@ -22,8 +22,9 @@ from optuna.distributions import IntDistribution
 from torch import nn
 
 from embadvisor._constraints import Interval
+from embadvisor.methods import _native
 from embadvisor.methods._base import CompressedEmbedding, MethodConfig, MethodTags, TensorSpec
-from embadvisor.methods._hashing import hash_ids, make_seeds
+from embadvisor.methods._hashing import hash_ids, make_seeds, mixed_seeds
 from embadvisor.methods._registry import register_method
 from embadvisor.methods.full import init_bound
 from embadvisor.profiles.schema import TableSpec
@@ -46,6 +47,10 @@ class HashEmbedding(CompressedEmbedding):
             nn.init.uniform_(self.embedding.weight, -b, b)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if not (torch.is_grad_enabled() and self.embedding.weight.requires_grad):  # serving: one fused pass
+            out = _native.hash_gather(ids, mixed_seeds(self.seeds.reshape(-1)), self.embedding.weight)
+            if out is not None:
+                return out
         rows = hash_ids(ids, self.seeds, self.embedding.num_embeddings)  # [*S, k]
         out = self.embedding(rows)
         return out.squeeze(-2) if rows.shape[-1] == 1 else out.sum(-2)

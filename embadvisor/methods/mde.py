@@ -27,18 +27,18 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from optuna.distributions import IntDistribution
 from torch import nn
 
 from embadvisor._constraints import Interval, Options
 from embadvisor.errors import InvalidConfigError
-from embadvisor.methods._base import CompressedEmbedding, GroupedEmbedding, MethodConfig, MethodTags, TensorSpec
+from embadvisor.methods import _native
+from embadvisor.methods._base import CompressedEmbedding, MethodConfig, MethodTags, TensorSpec
 from embadvisor.methods._registry import register_method
-from embadvisor.methods.full import FullEmbedding, init_bound
+from embadvisor.methods.full import init_bound
 from embadvisor.profiles.schema import TableSpec
 
-__all__ = ["GroupedMdeEmbedding", "MdeConfig", "MdeEmbedding", "PowerLawFit", "fit_power_law", "power_law_dims"]
+__all__ = ["MdeConfig", "MdeEmbedding", "PowerLawFit", "fit_power_law", "power_law_dims"]
 
 
 class MdeEmbedding(CompressedEmbedding):
@@ -61,66 +61,14 @@ class MdeEmbedding(CompressedEmbedding):
                 nn.init.xavier_uniform_(self.projection.weight)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        out = self.embedding(ids)
+        out = _native.embed(self.embedding, ids)
         return self.projection(out) if self.projection is not None else out
 
-    @classmethod
-    def group_for_serving(cls, modules: Sequence[nn.Module]) -> GroupedEmbedding | None:
-        if not all(isinstance(m, (MdeEmbedding, FullEmbedding)) for m in modules):
-            return None
-        if len({p.dtype for m in modules for p in m.parameters()}) != 1:
-            return None
-        return GroupedMdeEmbedding(modules)  # type: ignore[arg-type]
-
-
-class GroupedMdeEmbedding(GroupedEmbedding):
-    """All fields of a per-field MDE plan, grouped by width: per width one concatenated table (the
-    uncompressed fields' full tables are the width-d group) and one batched projection."""
-
-    def __init__(self, modules: Sequence[MdeEmbedding | FullEmbedding]) -> None:
-        super().__init__(len(modules), modules[0].embedding_dim)
-        by_width: dict[int, list[int]] = {}
-        for f, m in enumerate(modules):
-            by_width.setdefault(m.embedding.weight.shape[1], []).append(f)
-        self.where = [(0, 0)] * len(modules)  # field -> (width group, row in the group)
-        self.starts: list[list[int]] = []
-        self.tables = nn.ParameterList()
-        self.projections = nn.ParameterList()
-        self.projected: list[bool] = []
-        for g, fields in enumerate(by_width.values()):
-            for i, f in enumerate(fields):
-                self.where[f] = (g, i)
-            weight, starts = self.concat_rows([modules[f].embedding.weight for f in fields])
-            self.tables.append(nn.Parameter(weight))
-            self.starts.append(starts)
-            proj = [getattr(modules[f], "projection", None) for f in fields]
-            self.projected.append(proj[0] is not None)
-            if proj[0] is not None:  # [G, d, dim], nn.Linear's layout
-                self.projections.append(nn.Parameter(torch.stack([p.weight.detach() for p in proj])))  # type: ignore[union-attr]
-            else:
-                self.projections.append(nn.Parameter(torch.empty(0, dtype=weight.dtype)))
-
-    def forward(self, ids: torch.Tensor, positions: Sequence[int] | None = None) -> torch.Tensor:
-        fields = range(self.num_fields) if positions is None else positions
-        cols: dict[int, list[int]] = {}
-        for c, f in enumerate(fields):
-            cols.setdefault(self.where[f][0], []).append(c)
-        if len(cols) == 1 and not self.projected[next(iter(cols))]:  # one unprojected table: one gather
-            g = next(iter(cols))
-            return F.embedding(ids + self.per_column(self.starts[g], [self.where[f][1] for f in fields], ids.device),
-                               self.tables[g])
-        ids_t = ids.t()  # [K, B]: a group's columns are then contiguous slabs, and so are its outputs
-        out = ids.new_empty((len(fields), ids.shape[0], self.embedding_dim), dtype=self.tables[0].dtype)
-        for g, cs in cols.items():
-            rows = [self.where[fields[c]][1] for c in cs]
-            ct = torch.tensor(cs, dtype=torch.int64, device=ids.device)
-            idx = ids_t.index_select(0, ct).add_(self.per_column(self.starts[g], rows, ids.device).unsqueeze(1))
-            x = F.embedding(idx, self.tables[g])  # [k, B, w]
-            if self.projected[g]:
-                proj = self.projections[g] if rows == list(range(len(self.starts[g]))) else self.projections[g][rows]
-                x = torch.bmm(x, proj.transpose(1, 2))  # [k, B, d]
-            out.index_copy_(0, ct, x)
-        return out.transpose(0, 1).contiguous()
+    def field_kernel(self) -> _native.FieldKernel | None:
+        if self.projection is None:
+            return _native.FieldKernel(_native.ROWS, self.embedding.weight, self.num_embeddings)
+        return _native.FieldKernel(_native.PROJECTED, self.embedding.weight, self.num_embeddings,
+                                   aux=self.projection.weight)
 
 
 @register_method

@@ -28,23 +28,22 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from torch import nn
 
 from embadvisor._constraints import Interval, Options
-from embadvisor.methods._base import CompressedEmbedding, GroupedEmbedding, MethodConfig, MethodTags, TensorSpec
+from embadvisor.methods import _native
+from embadvisor.methods._base import CompressedEmbedding, MethodConfig, MethodTags, TensorSpec
 from embadvisor.methods._hashing import split_ids
 from embadvisor.methods._registry import register_method
-from embadvisor.methods.full import FullEmbedding, init_bound
+from embadvisor.methods.full import init_bound
 from embadvisor.profiles.schema import TableSpec
 
-__all__ = ["GroupedQREmbedding", "QRConfig", "QREmbedding", "qr_widths"]
+__all__ = ["QRConfig", "QREmbedding", "qr_widths"]
 
 OPERATIONS = ("mult", "add", "concat")
 
@@ -84,16 +83,12 @@ class QREmbedding(CompressedEmbedding):
             out = torch.cat([eq, er], dim=-1)
         return out.view(*ids.shape, self.embedding_dim)
 
-    @classmethod
-    def group_for_serving(cls, modules: Sequence[nn.Module]) -> GroupedEmbedding | None:
-        qr = [m for m in modules if isinstance(m, QREmbedding)]
-        if not qr or not all(isinstance(m, (QREmbedding, FullEmbedding)) for m in modules):
+    def field_kernel(self) -> _native.FieldKernel | None:
+        kind = {"mult": _native.QR_MULT, "add": _native.QR_ADD}.get(self.operation)
+        if kind is None:  # concat: quotient and remainder rows are half rows each
             return None
-        shapes = {(m.operation, m.quotient.weight.shape[1], m.remainder.weight.shape[1]) for m in qr}
-        dtypes = {p.dtype for m in modules for p in m.parameters()}
-        if len(shapes) != 1 or len(dtypes) != 1 or (qr[0].operation == "concat" and len(qr) < len(modules)):
-            return None  # full fields join the quotient table only where it is d wide (mult, add)
-        return GroupedQREmbedding(modules)
+        return _native.FieldKernel(kind, self.quotient.weight, self.num_embeddings, aux=self.remainder.weight,
+                                   k=self.num_collisions)
 
     @staticmethod
     def _rows(table: nn.Embedding, idx: torch.Tensor) -> torch.Tensor:
@@ -101,46 +96,9 @@ class QREmbedding(CompressedEmbedding):
         per distinct row instead of one per lookup (the sparse optimizer's coalesce is the cost).
         Without autograd (serving, evaluation) the sort would buy nothing: a plain gather."""
         if not (torch.is_grad_enabled() and table.weight.requires_grad):
-            return table(idx)
+            return _native.embedding(idx, table.weight)
         uniq, inv = torch.unique(idx, return_inverse=True)
         return table(uniq).index_select(0, inv)
-
-
-class GroupedQREmbedding(GroupedEmbedding):
-    """All fields of a per-field QR plan: one table of every quotient table and every uncompressed
-    field's full table (a full field is its own quotient, with no remainder factor), and one table of
-    every remainder table. One gather for all fields, one more for the QR fields."""
-
-    def __init__(self, modules: Sequence[QREmbedding | FullEmbedding]) -> None:
-        qr = [m for m in modules if isinstance(m, QREmbedding)]
-        super().__init__(len(modules), modules[0].embedding_dim)
-        self.operation = qr[0].operation
-        self.is_qr = [isinstance(m, QREmbedding) for m in modules]
-        self.collisions = [m.num_collisions if isinstance(m, QREmbedding) else 1 for m in modules]
-        quotient, self.q_starts = self.concat_rows(
-            [m.quotient.weight if isinstance(m, QREmbedding) else m.embedding.weight for m in modules])
-        remainder, r_starts = self.concat_rows([m.remainder.weight for m in qr])
-        it = iter(r_starts)
-        self.r_starts = [next(it) if q else -1 for q in self.is_qr]
-        self.quotient, self.remainder = nn.Parameter(quotient), nn.Parameter(remainder)
-
-    def forward(self, ids: torch.Tensor, positions: Sequence[int] | None = None) -> torch.Tensor:
-        fields = range(self.num_fields) if positions is None else positions
-        dev = ids.device
-        k = self.per_column(self.collisions, positions, dev)
-        q = torch.div(ids, k, rounding_mode="floor")  # exact int64 split; a full field's k is 1
-        eq = F.embedding(q.add_(self.per_column(self.q_starts, positions, dev)), self.quotient)
-        cols = [c for c, f in enumerate(fields) if self.is_qr[f]]
-        ct = torch.tensor(cols, dtype=torch.int64, device=dev)
-        picked = [fields[c] for c in cols]
-        r = torch.remainder(ids.index_select(-1, ct), self.per_column(self.collisions, picked, dev))
-        er = F.embedding(r.add_(self.per_column(self.r_starts, picked, dev)), self.remainder)
-        if self.operation == "concat":  # every field is a QR field here
-            return torch.cat([eq, er], dim=-1)
-        combine = torch.Tensor.mul_ if self.operation == "mult" else torch.Tensor.add_
-        for i, c in enumerate(cols):
-            combine(eq[:, c], er[:, i])
-        return eq
 
 
 @register_method

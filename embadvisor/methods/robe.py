@@ -156,8 +156,13 @@ class ROBEEmbedding(CompressedEmbedding):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
+        serving = not (torch.is_grad_enabled() and self.array.weight.requires_grad)
+        if serving:  # one fused pass (hash, block, signs) where the C kernels are available
+            out = _native.robe_gather(flat, mixed_seeds(self.seeds), self.array.weight, self.embedding_dim)
+            if out is not None:
+                return out.view(*ids.shape, self.embedding_dim)
         uniq, inv = torch.unique(flat, return_inverse=True)  # skewed ids: several times fewer blocks to read
-        if not (torch.is_grad_enabled() and self.array.weight.requires_grad):
+        if serving:
             return self.serve_rows(uniq).index_select(0, inv).view(*ids.shape, self.embedding_dim)
         rows = self.values(uniq) * self.signs(uniq)
         return rows.index_select(0, inv).view(*ids.shape, self.embedding_dim)

@@ -13,10 +13,9 @@ import pytest
 import torch
 
 from embadvisor.methods import _native, build_collection, list_methods, solve
-from embadvisor.methods._base import GroupedEmbedding
 from embadvisor.methods._hashing import hash_ids, make_seeds
 from embadvisor.methods._hugepages import advise_hugepages_
-from embadvisor.methods.qr import QRConfig, QREmbedding
+from embadvisor.methods.qr import QREmbedding
 from embadvisor.methods.robe import ROBEConfig
 from embadvisor.profiles.schema import TableSpec
 
@@ -124,36 +123,40 @@ def _per_field_pair(method: str, **fixed: object) -> tuple[torch.nn.Module, torc
 
 
 @pytest.mark.parametrize("method", list_methods())
-def test_grouped_per_field_serving_gives_the_per_field_values_and_bytes(method: str) -> None:
-    train, served = _per_field_pair(method)
+def test_collection_serving_gives_the_reference_values(method: str) -> None:
+    """Serving (fused kernels: grouped per-field lookups, hashing, quantized rows) equals the torch reference."""
+    _, served = _per_field_pair(method)
     ids = torch.stack([torch.randint(0, t.num_embeddings, (64,)) for t in TABLES], 1)
     with torch.no_grad():
-        per_field = torch.stack([m.export()(ids[:, f]) for f, m in enumerate(train.tables)], 1)
-        torch.testing.assert_close(served(ids), per_field, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(served(ids[:, [3, 1]], fields=[3, 1]), per_field[:, [3, 1]], rtol=1e-5, atol=1e-6)
-        multi = ids[:, 2].view(8, 8)
-        torch.testing.assert_close(served.lookup(2, multi), per_field[:, 2].view(8, 8, -1), rtol=1e-5, atol=1e-6)
-    assert served.measured_memory() == train.export().measured_memory()
+        out, sub, multi = served(ids), served(ids[:, [3, 1]], fields=[3, 1]), served.lookup(2, ids[:, 2].view(8, 8))
+        with _native.disabled():
+            ref = torch.stack([m(ids[:, f]) for f, m in enumerate(served.tables)], 1)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sub, ref[:, [3, 1]], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(multi, ref[:, 2].reshape(8, 8, -1), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("operation", ["mult", "add"])
-def test_qr_and_mde_and_full_serve_all_fields_from_one_group(operation: str) -> None:
-    for method, fixed in (("qr", {"operation": operation}), ("mde", {}), ("full", {})):
-        if method != "qr" and operation != "mult":
-            continue
-        _, served = _per_field_pair(method, fixed=fixed) if fixed else _per_field_pair(method)
-        assert len(served.tables) == 1 and isinstance(served.tables[0], GroupedEmbedding), method
+@pytest.mark.parametrize("method", ["full", "qr", "mde", "adapt", "int8", "int16", "alpt"])
+def test_per_field_serving_uses_one_kernel_pass_where_every_field_has_one(method: str) -> None:
+    _, served = _per_field_pair(method)
+    kernels = [m.field_kernel() for m in served.tables]
+    assert all(k is not None and k.usable() for k in kernels), method
+    ids = torch.stack([torch.randint(0, t.num_embeddings, (32,)) for t in TABLES], 1)
+    with torch.no_grad():
+        assert _native.grouped_lookup(ids, kernels, 8) is not None
+        bad = ids.clone()
+        bad[0, 2] = TABLES[2].num_embeddings  # one past the field's last id
+        with pytest.raises(IndexError, match="out of range"):
+            served(bad)
 
 
-def test_qr_concat_with_uncompressed_fields_stays_per_field() -> None:
-    # concat's quotient tables are d/2 wide: full fields cannot share them, so no group
+def test_qr_concat_has_no_kernel_and_serves_through_torch() -> None:
     plan = solve("qr", TABLES, 0.6 * sum(t.num_embeddings * 32 for t in TABLES), layout="per_field",
                  fixed={"operation": "concat"})
-    kinds = {type(tp.config) for tp in plan.tables}
-    assert QRConfig in kinds and len(kinds) > 1  # field "a" (3 ids) stays full
     served = build_collection(plan).export()
-    assert not isinstance(served.tables[0], GroupedEmbedding) and len(served.tables) == len(TABLES)
-    all_qr = build_collection(solve("qr", TABLES[1:], 0.6 * sum(t.num_embeddings * 32 for t in TABLES[1:]),
-                                     layout="per_field", fixed={"operation": "concat"}, keep_small_share=0.0))
-    if all(isinstance(t, QREmbedding) for t in all_qr.tables):
-        assert isinstance(all_qr.export().tables[0], GroupedEmbedding)
+    assert any(isinstance(m, QREmbedding) and m.field_kernel() is None for m in served.tables)
+    ids = torch.stack([torch.randint(0, t.num_embeddings, (16,)) for t in TABLES], 1)
+    with torch.no_grad():
+        out = served(ids)
+        with _native.disabled():
+            assert torch.equal(out, served(ids))
