@@ -85,20 +85,21 @@ static void init_sign_lut(void) { /* called before any parallel region */
     sign_lut_ready = 1;
 }
 
-/* o[j] ^= sign bit j of the id, for the d columns of one id (see ea_robe_gather) */
-static inline void flip_signs(uint32_t *restrict o, uint64_t x, const int64_t *restrict mseeds, int64_t d) {
-    for (int64_t c0 = 0; c0 < d; c0 += 62) {
-        const uint64_t bits = fmix64(x ^ (uint64_t)mseeds[c0 / 62]);
-        const int64_t len = d - c0 < 62 ? d - c0 : 62;
-        int64_t j = 0;
-        for (; j + 8 <= len; j += 8) {
-            const uint32_t *restrict m = sign_lut[(bits >> j) & 255u];
-            for (int t = 0; t < 8; t++) o[c0 + j + t] ^= m[t];
-        }
-        for (; j < len; j++) o[c0 + j] ^= (uint32_t)(bits >> j) << 31;
+/* o[j] ^= bit j of `bits` moved to the float32 sign bit, for len <= 62 columns */
+static inline void flip_bits(uint32_t *restrict o, uint64_t bits, int64_t len) {
+    int64_t j = 0;
+    for (; j + 8 <= len; j += 8) {
+        const uint32_t *restrict m = sign_lut[(bits >> j) & 255u];
+        for (int t = 0; t < 8; t++) o[j + t] ^= m[t];
     }
+    for (; j < len; j++) o[j] ^= (uint32_t)(bits >> j) << 31;
 }
 
+/* o[j] ^= sign bit j of the id, for the d columns of one id (see ea_robe_gather) */
+static inline void flip_signs(uint32_t *restrict o, uint64_t x, const int64_t *restrict mseeds, int64_t d) {
+    for (int64_t c0 = 0; c0 < d; c0 += 62)
+        flip_bits(o + c0, fmix64(x ^ (uint64_t)mseeds[c0 / 62]), d - c0 < 62 ? d - c0 : 62);
+}
 
 /* ROBE-Z (Z = 1) lookup of n ids from the circular float32 array a[m]: out[i, j] is
  * a[(h(x_i) + j) mod m] with its sign flipped where bit (j % 62) of fmix64(x_i ^ mseeds[1 + j / 62]) is
@@ -111,16 +112,21 @@ void ea_robe_gather(const int64_t *restrict ids, int64_t n, const int64_t *restr
     for (int64_t b0 = 0; b0 < n; b0 += BLOCK) {
         int64_t start[BLOCK];
         const int64_t nb = n - b0 < BLOCK ? n - b0 : BLOCK;
+        uint64_t hv[BLOCK];
+        const uint64_t seed = (uint64_t)mseeds[0];
+        for (int64_t i = 0; i < nb; i++) hv[i] = fmix64((uint64_t)ids[b0 + i] ^ seed) & MASK63; /* vectorises */
         for (int64_t i = 0; i < nb; i++) {
-            start[i] = (int64_t)umod(fmix64((uint64_t)ids[b0 + i] ^ (uint64_t)mseeds[0]) & MASK63, mm);
+            start[i] = (int64_t)umod(hv[i], mm);
             __builtin_prefetch(a + start[i]);
             __builtin_prefetch(a + start[i] + d - 1);
         }
+        if (d <= 62) /* one sign word per id: hashed for the block at once (vectorises) */
+            for (int64_t i = 0; i < nb; i++) hv[i] = fmix64((uint64_t)ids[b0 + i] ^ (uint64_t)mseeds[1]);
         for (int64_t i = 0; i < nb; i++) {
             uint32_t *restrict o = out + (b0 + i) * d;
             const int64_t s = start[i];
             if (s + d <= m) {
-                for (int64_t j = 0; j < d; j++) o[j] = a[s + j];
+                memcpy(o, a + s, (size_t)d * sizeof(uint32_t));
             } else {
                 int64_t pos = s;
                 for (int64_t j = 0; j < d; j++) {
@@ -128,7 +134,10 @@ void ea_robe_gather(const int64_t *restrict ids, int64_t n, const int64_t *restr
                     if (++pos == m) pos = 0;
                 }
             }
-            flip_signs(o, (uint64_t)ids[b0 + i], mseeds + 1, d);
+            if (d <= 62)
+                flip_bits(o, hv[i], d);
+            else
+                flip_signs(o, (uint64_t)ids[b0 + i], mseeds + 1, d);
         }
     }
 }
@@ -163,15 +172,18 @@ void ea_hash_gather(const int64_t *restrict ids, int64_t n, const int64_t *restr
         int64_t start[BLOCK];
         const int64_t nb = n - b0 < BLOCK ? n - b0 : BLOCK;
         for (int64_t s = 0; s < k; s++) {
+            uint64_t hv[BLOCK];
+            const uint64_t seed = (uint64_t)mseeds[s];
+            for (int64_t i = 0; i < nb; i++) hv[i] = fmix64((uint64_t)ids[b0 + i] ^ seed) & MASK63; /* vectorises */
             for (int64_t i = 0; i < nb; i++) {
-                start[i] = (int64_t)umod(fmix64((uint64_t)ids[b0 + i] ^ (uint64_t)mseeds[s]) & MASK63, b) * d;
+                start[i] = (int64_t)umod(hv[i], b) * d;
                 __builtin_prefetch(table + start[i]);
             }
             for (int64_t i = 0; i < nb; i++) {
                 float *restrict o = out + (b0 + i) * d;
                 const float *restrict r = table + start[i];
                 if (s == 0)
-                    for (int64_t j = 0; j < d; j++) o[j] = r[j];
+                    memcpy(o, r, (size_t)d * sizeof(float));
                 else
                     for (int64_t j = 0; j < d; j++) o[j] += r[j];
             }
