@@ -9,6 +9,7 @@ business.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,6 +22,15 @@ from embadvisor.methods._registry import get_method
 from embadvisor.methods._solver import Plan
 
 __all__ = ["EmbeddingCollection", "build_collection"]
+
+
+class _FusedPlan(NamedTuple):
+    """The fused serving lookup of some columns: the kernel's plan, which columns it embeds, the rest."""
+
+    plan: _native.LookupPlan
+    fused: list[int]
+    fused_t: torch.Tensor
+    rest: list[int]
 
 
 class EmbeddingCollection(nn.Module):
@@ -46,7 +56,7 @@ class EmbeddingCollection(nn.Module):
             sizes = torch.tensor([0] + [t.num_embeddings for t in plan.field_tables[:-1]], dtype=torch.int64)
             self.register_buffer("offsets", torch.cumsum(sizes, 0).to(device) if device else torch.cumsum(sizes, 0))
         self._stages = get_method(plan.method).stages
-        self._plan_state: tuple[_native.LookupPlan | None] | None = None  # see _lookup_plan
+        self._plan_state: tuple[_FusedPlan | None] | None = None  # see _fused_forward
         advise_hugepages_(self)  # large tables on 2 MiB pages: random row lookups walk far fewer pages
 
     @property
@@ -72,22 +82,43 @@ class EmbeddingCollection(nn.Module):
         cols = list(range(len(self.field_names))) if fields is None else list(fields)
         if self.layout == "global":
             return self.tables[0](ids + (self.offsets if every else self.offsets[cols]))
-        if not torch.is_grad_enabled():  # serving: every field in one fused pass
-            plan = self._lookup_plan() if every else self._build_plan(cols)
-            out = plan(ids) if plan is not None else None
+        if not torch.is_grad_enabled():  # serving: the fields that have a kernel in one fused pass
+            out = self._fused_forward(ids, cols, every)
             if out is not None:
                 return out
         return torch.stack([self.tables[f](ids[:, k]) for k, f in enumerate(cols)], dim=1)
 
-    def _build_plan(self, cols: Sequence[int]) -> _native.LookupPlan | None:
+    def _build_plan(self, cols: Sequence[int]) -> _FusedPlan | None:
         kernels = [getattr(self.tables[f], "field_kernel", lambda: None)() for f in cols]
-        return _native.LookupPlan.build(kernels, self.embedding_dim)
+        fused = [k for k, kern in enumerate(kernels) if kern is not None]
+        plan = _native.LookupPlan.build([kernels[k] for k in fused], self.embedding_dim) if fused else None
+        if plan is None:
+            return None
+        rest = [k for k in range(len(cols)) if kernels[k] is None]
+        return _FusedPlan(plan, fused, torch.tensor(fused, dtype=torch.int64), rest)
 
-    def _lookup_plan(self) -> _native.LookupPlan | None:
-        """The fused per-field lookup of all fields, built once per serving form (see :meth:`refresh_kernels`)."""
-        if self._plan_state is None:
-            self._plan_state = (self._build_plan(range(len(self.field_names))),)
-        return self._plan_state[0]
+    def _fused_forward(self, ids: torch.Tensor, cols: list[int], every: bool) -> torch.Tensor | None:
+        """Columns whose serving module has a :meth:`~CompressedEmbedding.field_kernel` in one pass of the
+        C kernel, the others through their modules; None where that cannot run (the caller stacks)."""
+        if every:
+            if self._plan_state is None:
+                self._plan_state = (self._build_plan(cols),)
+            fp = self._plan_state[0]
+        else:
+            fp = self._build_plan(cols)
+        if fp is None:
+            return None
+        if not fp.rest:
+            return fp.plan(ids)
+        others = [self.tables[cols[k]](ids[:, k]) for k in fp.rest]
+        if any(o.dtype != torch.float32 for o in others):
+            return None
+        out = torch.empty(ids.shape[0], len(cols), self.embedding_dim, dtype=torch.float32)
+        if fp.plan(ids[:, fp.fused], out, fp.fused_t) is None:
+            return None
+        for k, o in zip(fp.rest, others, strict=True):
+            out[:, k] = o
+        return out
 
     def refresh_kernels(self) -> None:
         """Forget the fused lookup's table addresses (done by ``export``, ``to`` and the like); call it after

@@ -56,7 +56,7 @@ static inline uint64_t udivq(uint64_t n, udiv_t v) {
 
 static inline uint64_t umod(uint64_t n, udiv_t v) { return n - udivq(n, v) * v.d; }
 
-int ea_abi_version(void) { return 6; }
+int ea_abi_version(void) { return 7; }
 
 /* rows[i * k + s] = h(ids[i], mseeds[s]) % buckets for n ids and k seeds */
 void ea_hash_rows(const int64_t *restrict ids, int64_t n, const int64_t *restrict mseeds, int64_t k,
@@ -198,6 +198,8 @@ void ea_hash_gather(const int64_t *restrict ids, int64_t n, const int64_t *restr
  *   QR_MULT / QR_ADD: out = table[start + id / k] * or + aux[aux_start + id % k]  (float32, width == d)
  *   PROJECTED: out = aux[d, width] @ table[start + id]                           (nn.Linear layout)
  *   QUANT8 / QUANT16: out = table[start + id] (int8 / int16 codes) * aux_float32[start + id]
+ * Column f of ids is written to column out_cols[f] of out[batch, out_width, d] (the other columns are
+ * left alone: their fields are embedded elsewhere).
  * Ids outside [0, n) are counted and their rows left unwritten; returns that count (-1: too many fields
  * or no memory). */
 enum { K_ROWS = 0, K_REMAP = 1, K_QR_MULT = 2, K_QR_ADD = 3, K_PROJ = 4, K_Q8 = 5, K_Q16 = 6 };
@@ -207,7 +209,8 @@ enum { K_ROWS = 0, K_REMAP = 1, K_QR_MULT = 2, K_QR_ADD = 3, K_PROJ = 4, K_Q8 = 
 static inline int64_t elem_bytes(int64_t kind) { return kind == K_Q8 ? 1 : kind == K_Q16 ? 2 : 4; }
 
 int64_t ea_grouped_lookup(const int64_t *restrict ids, int64_t batch, int64_t nf, const int64_t *restrict desc,
-                          int64_t d, float *restrict out, int nthreads) {
+                          int64_t d, float *restrict out, int64_t out_width, const int64_t *restrict out_cols,
+                          int nthreads) {
     if (nf > MAXF) return -1;
     udiv_t kdiv[MAXF];
     for (int64_t f = 0; f < nf; f++) kdiv[f] = udiv_init(desc[f * 8 + 5] > 0 ? (uint64_t)desc[f * 8 + 5] : 1);
@@ -262,7 +265,7 @@ int64_t ea_grouped_lookup(const int64_t *restrict ids, int64_t batch, int64_t nf
         for (int64_t i = 0; i < nl; i++, f = f + 1 == nf ? 0 : f + 1) {
             const int64_t *D = desc + f * 8;
             const int64_t kind = D[0];
-            float *restrict o = out + (l0 + i) * d;
+            float *restrict o = out + ((l0 + i) / nf * out_width + out_cols[f]) * d;
             if (!src[i]) {
                 bad++;
                 continue;

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 __all__ = ["available", "disabled", "embed", "embedding", "LookupPlan", "grouped_lookup", "hash_gather", "hash_rows", "robe_gather", "robe_sign_flip_"]
 
 _SOURCE = Path(__file__).with_name("_native.c")
-_ABI = 6
+_ABI = 7
 _lib: ctypes.CDLL | None = None
 _tried = False
 _off = False  # set by disabled()
@@ -99,7 +99,7 @@ def _build() -> ctypes.CDLL | None:
     for f in (lib.ea_hash_rows, lib.ea_robe_sign_flip, lib.ea_robe_gather, lib.ea_hash_gather):
         f.restype = None
     lib.ea_gather.restype = i64
-    lib.ea_grouped_lookup.argtypes = [ptr, i64, i64, ptr, i64, ptr, cint]
+    lib.ea_grouped_lookup.argtypes = [ptr, i64, i64, ptr, i64, ptr, i64, ptr, cint]
     lib.ea_grouped_lookup.restype = i64
     return lib
 
@@ -265,6 +265,7 @@ class LookupPlan:
         self.desc = torch.tensor([[fk.kind, fk.table.data_ptr(), fk.table.shape[1], fk.start,
                                    fk.aux.data_ptr() if fk.aux is not None else 0, fk.k, fk.aux_start, fk.num_ids]
                                   for fk in fields], dtype=torch.int64)
+        self.identity = torch.arange(len(self.fields), dtype=torch.int64)
 
     @classmethod
     def build(cls, fields: Sequence[FieldKernel | None], dim: int) -> LookupPlan | None:
@@ -277,14 +278,23 @@ class LookupPlan:
             return None
         return cls(fields, dim)  # type: ignore[arg-type]
 
-    def __call__(self, ids: torch.Tensor) -> torch.Tensor | None:
-        """``ids[B, F]`` -> float32 ``[B, F, dim]``; None where the kernel cannot run now."""
+    def __call__(self, ids: torch.Tensor, out: torch.Tensor | None = None,
+                 cols: torch.Tensor | None = None) -> torch.Tensor | None:
+        """``ids[B, F]`` -> float32 ``[B, F, dim]``; None where the kernel cannot run now.
+
+        With ``out`` (float32 ``[B, W, dim]``, contiguous) and ``cols`` (int64 ``[F]``), column ``f`` is
+        written to ``out[:, cols[f]]`` instead and ``out`` is returned (the other columns untouched).
+        """
         if ids.dtype != torch.int64 or ids.dim() != 2 or ids.shape[1] != len(self.fields) or not _usable(ids):
             return None
         ids = _c(ids)
-        out = torch.empty(ids.shape[0], len(self.fields), self.dim, dtype=torch.float32)
+        if out is None:
+            out = torch.empty(ids.shape[0], len(self.fields), self.dim, dtype=torch.float32)
+            cols = self.identity
+        assert cols is not None and out.is_contiguous() and out.dtype == torch.float32
         bad = _lib.ea_grouped_lookup(ids.data_ptr(), ids.shape[0], len(self.fields),  # type: ignore[union-attr]
-                                     self.desc.data_ptr(), self.dim, out.data_ptr(), torch.get_num_threads())
+                                     self.desc.data_ptr(), self.dim, out.data_ptr(), out.shape[1], cols.data_ptr(),
+                                     torch.get_num_threads())
         if bad < 0:
             raise MemoryError("embadvisor: the grouped lookup kernel could not allocate its projection buffer")
         if bad:
