@@ -6,7 +6,8 @@ of 4096 samples x 26 fields (Zipf ids): one training step per stage (forward + b
 optimizer: SparseAdam for sparse-gradient tables, Adam for dense parameters, plus the method's
 own hooks and regulariser) and the forward-only lookup of the exported serving form. Each
 (method, budget) runs in a fresh subprocess so its peak RSS is its own; timings are medians of
-several repetitions, and `full` is measured in the same run, so the ratios are comparable.
+several repetitions (lookups: medians over 40 further batches, after the training batches have warmed the
+tables), and `full` is measured in the same run, so the ratios are comparable.
 
 `full` is measured in both layouts: one global table (its default where all fields share a dim,
 TorchRec's grouped tables) and one table per field. Each method is judged against full in the
@@ -36,6 +37,7 @@ import sys
 import time
 
 BATCH, FIELDS = 4096, 26
+LOOKUP_BATCHES = 40
 LAYOUTS = ("global", "per_field")
 
 
@@ -46,7 +48,7 @@ def worker(method: str, ratio: float, reps: int, threads: int, layout: str | Non
     import numpy as np
     import torch
 
-    from embadvisor.methods import build_collection, solve
+    from embadvisor.methods import _native, build_collection, solve
     from embadvisor.profiles import get_preset
 
     torch.set_num_threads(threads)
@@ -76,10 +78,14 @@ def worker(method: str, ratio: float, reps: int, threads: int, layout: str | Non
     emb.prepare(counts)
     build_s = time.perf_counter() - t0
     sizes = np.array([t.num_embeddings for t in tables])
-    ranks = [np.stack([np.minimum(rng.zipf(1.1, BATCH) - 1, n - 1) for n in sizes], 1) for _ in range(reps + 2)]
+    # training batches, then LOOKUP_BATCHES more for the lookups (a lookup takes about a millisecond: many
+    # distinct batches keep the median steady on a noisy machine)
+    ranks = [np.stack([np.minimum(rng.zipf(1.1, BATCH) - 1, n - 1) for n in sizes], 1)
+             for _ in range(reps + 2 + LOOKUP_BATCHES)]
     if perms is not None:
         ranks = [np.stack([perm[r[:, f]] for f, perm in enumerate(perms)], 1) for r in ranks]
-    batches = [torch.from_numpy(r) for r in ranks]
+    batches = [torch.from_numpy(r) for r in ranks[: reps + 2]]
+    lookup_batches = [torch.from_numpy(r) for r in ranks[reps + 2:]]
     sparse = emb.sparse_parameters()
     sid = {id(p) for p in sparse}
     dense = [p for p in emb.parameters() if p.requires_grad and id(p) not in sid]
@@ -116,7 +122,7 @@ def worker(method: str, ratio: float, reps: int, threads: int, layout: str | Non
     served = emb.export()
     lookups = []
     with torch.no_grad():
-        for ids in batches:
+        for ids in batches + lookup_batches:
             t = time.perf_counter()
             served(ids)
             lookups.append(time.perf_counter() - t)
@@ -125,9 +131,19 @@ def worker(method: str, ratio: float, reps: int, threads: int, layout: str | Non
         "serve_bytes": plan.memory.serve_bytes, "train_bytes": plan.memory.train_bytes,
         "measured_serve_bytes": served.measured_memory(),
         "stage_ms": stage_ms, "train_ms": sum(stage_ms.values()) / len(stage_ms),
-        "lookup_ms": statistics.median(lookups[2:]) * 1000, "build_s": build_s,
+        "lookup_ms": statistics.median(lookups[len(batches):]) * 1000, "build_s": build_s,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "native": _native.available(), "huge_page_bytes": _huge_page_bytes(),
     }
+
+
+def _huge_page_bytes() -> int:
+    """Bytes of this process on transparent huge pages (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("AnonHugePages:"))
+    except (OSError, StopIteration):
+        return 0
 
 
 def run(method: str, ratio: float, reps: int, threads: int, layout: str | None = None, ids: str = "sorted") -> dict:
@@ -176,7 +192,9 @@ def main() -> None:
         full = {lay: run("full", 1.0, args.reps, args.threads, lay, args.ids) for lay in LAYOUTS}
         for lay, f in full.items():
             print(f"round {k + 1} full ({lay}{', the default' if lay == default_full else ''}): train step "
-                  f"{f['train_ms']:.1f} ms, lookup {f['lookup_ms']:.2f} ms, peak RSS {f['peak_rss_bytes'] / 2**30:.2f} GiB",
+                  f"{f['train_ms']:.1f} ms, lookup {f['lookup_ms']:.2f} ms, peak RSS {f['peak_rss_bytes'] / 2**30:.2f} GiB, "
+                  f"C kernels {'on' if f.get('native') else 'off'}, "
+                  f"on huge pages {f.get('huge_page_bytes', 0) / 2**30:.2f} GiB",
                   flush=True)
         for ratio in budgets:
             for m in methods[1:]:
