@@ -23,6 +23,7 @@ from torch import nn
 from embadvisor._constraints import Interval, Options, validate_fields
 from embadvisor.errors import EmbAdvisorError
 from embadvisor.methods import EmbeddingCollection
+from embadvisor.methods._hugepages import hugepage_empty
 
 __all__ = ["FitResult", "TrainConfig", "TrainingDiverged", "TaskEngine", "fit", "planned_steps", "set_threads"]
 
@@ -130,7 +131,8 @@ def prefault_sparse_state(opt: torch.optim.Optimizer) -> None:
     SparseAdam allocates its state lazily at full table size with calloc'd memory; the first
     touch of each page then happens inside training steps, one random row at a time, which on
     this machine (a VM) made full-size Criteo steps 5-10x slower and very noisy for minutes.
-    Writing the state once up front (a sequential memset) costs about a second per GB.
+    Writing the state once up front (a sequential memset) costs about a second per GB. Large
+    moments go on huge pages, like the tables they follow (see ``embadvisor.methods._hugepages``).
     """
     if not isinstance(opt, torch.optim.SparseAdam):
         return
@@ -139,8 +141,15 @@ def prefault_sparse_state(opt: torch.optim.Optimizer) -> None:
             state = opt.state[p]
             if len(state) == 0:
                 state["step"] = 0
-                state["exp_avg"] = torch.empty_like(p, memory_format=torch.preserve_format).fill_(0)
-                state["exp_avg_sq"] = torch.empty_like(p, memory_format=torch.preserve_format).fill_(0)
+                state["exp_avg"] = _zeros_like(p)
+                state["exp_avg_sq"] = _zeros_like(p)
+
+
+def _zeros_like(p: torch.Tensor) -> torch.Tensor:
+    """Zeros shaped like ``p``; large CPU ones on huge pages, as the tables (random row updates)."""
+    if p.device.type == "cpu" and p.is_contiguous():
+        return hugepage_empty(p.shape, p.dtype).fill_(0)
+    return torch.empty_like(p, memory_format=torch.preserve_format).fill_(0)
 
 
 def _optimizers(model: nn.Module, emb: EmbeddingCollection, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
