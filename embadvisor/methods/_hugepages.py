@@ -55,13 +55,12 @@ def hugepage_empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> t
         start = (t.data_ptr() + _HUGE - 1) & ~(_HUGE - 1)
         end = (t.data_ptr() + t.nbytes) & ~(_HUGE - 1)
         if end > start and madvise(start, end - start, _MADV_HUGEPAGE) == 0:  # advisory: else 4 KiB pages
-            _advised[t.data_ptr()] = t
+            _advised[t.untyped_storage().data_ptr()] = t
     return t
 
 
 def _is_advised(t: torch.Tensor) -> bool:
-    owner = _advised.get(t.data_ptr())
-    return owner is not None and owner.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
+    return _advised.get(t.untyped_storage().data_ptr()) is not None
 
 
 def advise_hugepages_(module: nn.Module, min_bytes: int = MIN_BYTES) -> int:
@@ -76,7 +75,7 @@ def advise_hugepages_(module: nn.Module, min_bytes: int = MIN_BYTES) -> int:
     for mod in module.modules():
         for t in list(mod._parameters.values()) + list(mod._buffers.values()):
             if (t is None or id(t) in seen or t.device.type != "cpu" or t.nbytes < min_bytes or t.is_sparse
-                    or _is_advised(t)):
+                    or _is_advised(t) or t.untyped_storage().nbytes() != t.nbytes):  # views share their storage
                 continue
             seen.add(id(t))
             new = hugepage_empty(t.shape, t.dtype)

@@ -56,7 +56,7 @@ static inline uint64_t udivq(uint64_t n, udiv_t v) {
 
 static inline uint64_t umod(uint64_t n, udiv_t v) { return n - udivq(n, v) * v.d; }
 
-int ea_abi_version(void) { return 7; }
+int ea_abi_version(void) { return 8; }
 
 /* rows[i * k + s] = h(ids[i], mseeds[s]) % buckets for n ids and k seeds */
 void ea_hash_rows(const int64_t *restrict ids, int64_t n, const int64_t *restrict mseeds, int64_t k,
@@ -197,14 +197,16 @@ void ea_hash_gather(const int64_t *restrict ids, int64_t n, const int64_t *restr
  *   REMAP:     out = table[start + aux_int32[id]]                                (float32, width == d)
  *   QR_MULT / QR_ADD: out = table[start + id / k] * or + aux[aux_start + id % k]  (float32, width == d)
  *   PROJECTED: out = aux[d, width] @ table[start + id]                           (nn.Linear layout)
- *   QUANT8 / QUANT16: out = table[start + id] (int8 / int16 codes) * aux_float32[start + id]
+ *   QUANT8 / QUANT16: out = table[start + id] (int8 / int16 codes) * aux_float32[start + id], the scale
+ *                     rows k bytes apart (4, or the packed row size when codes and scale share rows);
+ *                     width is the codes' row stride in elements (>= d)
  * Column f of ids is written to column out_cols[f] of out[batch, out_width, d] (the other columns are
  * left alone: their fields are embedded elsewhere).
  * Ids outside [0, n) are counted and their rows left unwritten; returns that count (-1: too many fields
  * or no memory). */
 enum { K_ROWS = 0, K_REMAP = 1, K_QR_MULT = 2, K_QR_ADD = 3, K_PROJ = 4, K_Q8 = 5, K_Q16 = 6 };
 #define MAXF 1024
-#define LBLOCK 64 /* lookups per block: addresses computed and prefetched, then copied */
+#define LBLOCK 32 /* lookups per block: addresses computed and prefetched, then copied */
 
 static inline int64_t elem_bytes(int64_t kind) { return kind == K_Q8 ? 1 : kind == K_Q16 ? 2 : 4; }
 
@@ -230,6 +232,8 @@ int64_t ea_grouped_lookup(const int64_t *restrict ids, int64_t batch, int64_t nf
         for (int64_t j = 0; j < d; j++)
             for (int64_t t = 0; t < w; t++) pt[ptoff[f] + t * d + j] = P[j * w + t];
     }
+    int any_remap = 0;
+    for (int64_t f = 0; f < nf; f++) any_remap |= desc[f * 8] == K_REMAP;
     const int64_t n = batch * nf; /* lookups, row-major over (b, f): lookup l is field l % nf */
     int64_t bad = 0;
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (n >= GRAIN) reduction(+ : bad)
@@ -237,9 +241,10 @@ int64_t ea_grouped_lookup(const int64_t *restrict ids, int64_t batch, int64_t nf
         const int64_t nl = n - l0 < LBLOCK ? n - l0 : LBLOCK;
         const char *src[LBLOCK], *src2[LBLOCK];
         int64_t f = l0 % nf;
-        for (int64_t i = 0; i < nl; i++, f = f + 1 == nf ? 0 : f + 1) /* remap entries first */
-            if (desc[f * 8] == K_REMAP && (uint64_t)ids[l0 + i] < (uint64_t)desc[f * 8 + 7])
-                __builtin_prefetch((const int32_t *)(intptr_t)desc[f * 8 + 4] + ids[l0 + i]);
+        if (any_remap) /* remap entries first */
+            for (int64_t i = 0; i < nl; i++, f = f + 1 == nf ? 0 : f + 1)
+                if (desc[f * 8] == K_REMAP && (uint64_t)ids[l0 + i] < (uint64_t)desc[f * 8 + 7])
+                    __builtin_prefetch((const int32_t *)(intptr_t)desc[f * 8 + 4] + ids[l0 + i]);
         f = l0 % nf;
         for (int64_t i = 0; i < nl; i++, f = f + 1 == nf ? 0 : f + 1) { /* addresses, rows prefetched */
             const int64_t *D = desc + f * 8;
@@ -256,16 +261,17 @@ int64_t ea_grouped_lookup(const int64_t *restrict ids, int64_t batch, int64_t nf
                 src2[i] = (const char *)(intptr_t)D[4] + (D[6] + (int64_t)r) * rb;
             } else {
                 src[i] = table + (D[3] + id) * rb;
-                if (kind == K_Q8 || kind == K_Q16) src2[i] = (const char *)(intptr_t)D[4] + (D[3] + id) * 4;
+                if (kind == K_Q8 || kind == K_Q16) src2[i] = (const char *)(intptr_t)D[4] + (D[3] + id) * D[5];
             }
             __builtin_prefetch(src[i]);
             if (src2[i]) __builtin_prefetch(src2[i]);
         }
         f = l0 % nf;
-        for (int64_t i = 0; i < nl; i++, f = f + 1 == nf ? 0 : f + 1) {
+        int64_t row = l0 / nf; /* batch row of lookup l0 + i, advanced as f wraps (no division per lookup) */
+        for (int64_t i = 0; i < nl; i++, f = f + 1 == nf ? (row++, 0) : f + 1) {
             const int64_t *D = desc + f * 8;
             const int64_t kind = D[0];
-            float *restrict o = out + ((l0 + i) / nf * out_width + out_cols[f]) * d;
+            float *restrict o = out + (row * out_width + out_cols[f]) * d;
             if (!src[i]) {
                 bad++;
                 continue;
@@ -273,7 +279,10 @@ int64_t ea_grouped_lookup(const int64_t *restrict ids, int64_t batch, int64_t nf
             const float *restrict a = (const float *)src[i];
             const float *restrict c = (const float *)src2[i];
             if (kind == K_ROWS || kind == K_REMAP) {
-                memcpy(o, a, (size_t)d * sizeof(float));
+                if (d == 16)
+                    memcpy(o, a, 16 * sizeof(float)); /* a fixed size: inlined */
+                else
+                    memcpy(o, a, (size_t)d * sizeof(float));
             } else if (kind == K_QR_MULT) {
                 for (int64_t j = 0; j < d; j++) o[j] = a[j] * c[j];
             } else if (kind == K_QR_ADD) {

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 __all__ = ["available", "disabled", "embed", "embedding", "LookupPlan", "grouped_lookup", "hash_gather", "hash_rows", "robe_gather", "robe_sign_flip_"]
 
 _SOURCE = Path(__file__).with_name("_native.c")
-_ABI = 7
+_ABI = 8
 _lib: ctypes.CDLL | None = None
 _tried = False
 _off = False  # set by disabled()
@@ -247,9 +247,14 @@ class FieldKernel:
     aux_start: int = 0
 
     def usable(self) -> bool:
-        ok = self.table.dtype == _DTYPES[self.kind] and self.table.dim() == 2 and self.table.is_contiguous()
+        """Dtypes as the kind needs; rows contiguous (row strides may be wider: packed quantized rows)."""
+        t, aux = self.table, self.aux
+        ok = t.dtype == _DTYPES[self.kind] and t.dim() == 2 and t.stride(1) == 1 and t.stride(0) >= t.shape[1]
+        if self.kind in (ROWS, REMAP, QR_MULT, QR_ADD, PROJECTED):
+            ok = ok and t.is_contiguous()
         if self.kind in _AUX_DTYPES:
-            ok = ok and self.aux is not None and self.aux.dtype == _AUX_DTYPES[self.kind] and self.aux.is_contiguous()
+            ok = ok and aux is not None and aux.dtype == _AUX_DTYPES[self.kind]
+            ok = ok and (aux.dim() == 1 if self.kind in (QUANT8, QUANT16, REMAP) else aux.is_contiguous())  # type: ignore[union-attr]
         return ok
 
 
@@ -262,8 +267,11 @@ class LookupPlan:
 
     def __init__(self, fields: Sequence[FieldKernel], dim: int) -> None:
         self.fields, self.dim = list(fields), dim
-        self.desc = torch.tensor([[fk.kind, fk.table.data_ptr(), fk.table.shape[1], fk.start,
-                                   fk.aux.data_ptr() if fk.aux is not None else 0, fk.k, fk.aux_start, fk.num_ids]
+        # width: the row stride in elements; for the quantized kinds the k slot carries the scale's stride
+        self.desc = torch.tensor([[fk.kind, fk.table.data_ptr(), fk.table.stride(0), fk.start,
+                                   fk.aux.data_ptr() if fk.aux is not None else 0,
+                                   fk.aux.stride(0) * 4 if fk.kind in (QUANT8, QUANT16) else fk.k,  # type: ignore[union-attr]
+                                   fk.aux_start, fk.num_ids]
                                   for fk in fields], dtype=torch.int64)
         self.identity = torch.arange(len(self.fields), dtype=torch.int64)
 

@@ -88,7 +88,9 @@ def test_qat_stores_integers_and_inits_on_the_full_grid(cls: type, bits: int) ->
     assert m.codes.dtype == {8: torch.int8, 16: torch.int16}[bits]
     assert not list(m.parameters())
     qmax = 2 ** (bits - 1) - 1
-    assert int(m.codes.abs().max()) == qmax  # the whole code range is used, not {-1, 0, 1}
+    # the whole code range is used, not {-1, 0, 1} (the row maximum lands on qmax, or one below it when
+    # stochastic rounding meets a float error of an ulp)
+    assert int(m.codes.abs().max()) >= qmax - 1
     b = init_bound(t)
     assert torch.allclose(m.scale, torch.full_like(m.scale, b / qmax))
     w = m.eval()(torch.arange(5000))

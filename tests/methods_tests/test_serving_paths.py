@@ -160,3 +160,27 @@ def test_qr_concat_has_no_kernel_and_serves_through_torch() -> None:
         out = served(ids)
         with _native.disabled():
             assert torch.equal(out, served(ids))
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16])
+def test_quantized_rows_pack_codes_and_scale_in_one_row_with_the_same_bytes(dtype: torch.dtype) -> None:
+    from embadvisor.methods._quant import QuantizedRows
+
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(-100, 100, (300, 16), generator=g).to(dtype)
+    scale = torch.rand(300, generator=g)
+    rows = QuantizedRows(codes, scale)
+    assert rows.codes.untyped_storage().data_ptr() == rows.scale.untyped_storage().data_ptr()  # one packed table
+    assert torch.equal(rows.codes, codes) and torch.equal(rows.scale, scale)
+    assert rows.codes.untyped_storage().nbytes() == codes.nbytes + scale.nbytes  # no padding
+    ids = torch.randint(0, 300, (7, 5), generator=g)
+    with torch.no_grad():
+        fast = rows(ids)
+        with _native.disabled():
+            ref = rows(ids)
+    assert torch.equal(fast, ref) and torch.equal(ref, codes[ids].float() * scale[ids].unsqueeze(-1))
+    again = QuantizedRows(torch.zeros_like(codes), torch.zeros_like(scale))
+    again.load_state_dict(rows.state_dict())
+    assert torch.equal(again(ids), ref)
+    odd = QuantizedRows(codes[:, :3].to(torch.int8).contiguous(), scale)  # 3-byte rows: kept apart
+    assert odd.codes.untyped_storage().data_ptr() != odd.scale.untyped_storage().data_ptr()
