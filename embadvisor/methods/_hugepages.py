@@ -1,8 +1,9 @@
 """Back large CPU embedding tables with transparent huge pages (Linux ``madvise(MADV_HUGEPAGE)``).
 
 A lookup into a table of hundreds of MiB touches rows on random 4 KiB pages, and on this class of
-machine the page walks (TLB misses), not the bytes, dominate: a gather of 106k random rows from a
-1 GiB table took 1.85 ms on 4 KiB pages and 0.48 ms on 2 MiB pages (2 cores, same process). Where
+machine (a VM) the page walks (TLB misses), not the bytes, dominate: a gather of 106k hashed rows
+from a 1 GiB table took 1.85 ms on 4 KiB pages and 0.48 ms on 2 MiB pages (2 cores, same process,
+one batch repeated so that the rows themselves were cached: the difference is the page walks). Where
 the kernel's THP mode is ``madvise`` (the Debian default), memory gets huge pages only when asked,
 before it is first touched; so large tensors are moved once, at build and export, into freshly
 mapped memory advised for huge pages. The values are unchanged (a copy) and so are the byte counts.

@@ -1,10 +1,12 @@
-/* Fused CPU kernels for the hashing methods (embadvisor.methods._native).
+/* Fused CPU kernels for lookups without autograd (embadvisor.methods._native).
  *
- * Each kernel does in one pass over the ids what the torch reference in _hashing.py / robe.py
- * does in about fifteen elementwise passes, with bit-identical results (tests compare the two):
+ * Each kernel does in one pass over the ids what the torch code does in several, with the same values
+ * (the tests compare them): seeded hash rows, the hashing trick's and ROBE's serving lookups, a
+ * prefetching row gather, and one grouped lookup over per-field descriptors. The seeded hash is
  *   h(x, s) = (fmix64(x ^ s) & (2^63 - 1)) % buckets      (murmur3's fmix64 on uint64)
- * where s is the already-mixed seed mix64(seed * golden) computed by the caller. The row gathers
- * themselves stay with torch (multi-threaded index_select).
+ * where s is the already-mixed seed mix64(seed * golden) computed by the caller; the modulo is an
+ * exact multiply-high division by the invariant bucket count. Row addresses are computed and
+ * prefetched for a block of ids before the rows are copied, so the cache misses overlap.
  *
  * Parallel with OpenMP, built against the libgomp that torch has already loaded (same soname), so
  * the kernels run on torch's own worker threads: threads of our own competing with torch's spinning
@@ -56,7 +58,7 @@ static inline uint64_t udivq(uint64_t n, udiv_t v) {
 
 static inline uint64_t umod(uint64_t n, udiv_t v) { return n - udivq(n, v) * v.d; }
 
-int ea_abi_version(void) { return 8; }
+int ea_abi_version(void) { return 9; }
 
 /* rows[i * k + s] = h(ids[i], mseeds[s]) % buckets for n ids and k seeds */
 void ea_hash_rows(const int64_t *restrict ids, int64_t n, const int64_t *restrict mseeds, int64_t k,
@@ -304,13 +306,4 @@ int64_t ea_grouped_lookup(const int64_t *restrict ids, int64_t batch, int64_t nf
     }
     free(pt);
     return bad;
-}
-
-/* ROBE's signs, applied in place to float32 values out[n, d]: column j of id x is negated where
- * bit (j % 62) of fmix64(x ^ mseeds[j / 62]) is set (h(x, s) % 2^62 keeps exactly those bits). */
-void ea_robe_sign_flip(const int64_t *restrict ids, int64_t n, const int64_t *restrict mseeds, int64_t d,
-                       uint32_t *restrict out, int nthreads) {
-    init_sign_lut();
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (n >= GRAIN)
-    for (int64_t i = 0; i < n; i++) flip_signs(out + i * d, (uint64_t)ids[i], mseeds, d);
 }

@@ -1,11 +1,15 @@
-"""Fused CPU kernels for the hashing lookups, built once with the system C compiler.
+"""Fused CPU kernels for lookups without autograd, built once with the system C compiler.
 
-``_native.c`` holds three kernels (seeded hash row indices; ROBE's sign flips; ROBE's whole signed
-block lookup). Each does in one pass over the ids what the torch reference does in about
-fifteen elementwise passes, with bit-identical results; the tests compare them. They are plain C
-(no Python or torch headers), so the first build takes well under a second; the library is cached
-under ``$EMBADVISOR_NATIVE_CACHE`` (default ``~/.cache/embadvisor/native``), keyed by a hash of the
-source and compiler, and written atomically so concurrent workers can share it.
+``_native.c`` holds: seeded hash row indices (:func:`hash_rows`, behind ``hash_ids``), the hashing
+trick's and ROBE's whole serving lookups (:func:`hash_gather`, :func:`robe_gather`), a prefetching
+row gather (:func:`embedding`) and one grouped lookup (:class:`LookupPlan`) that embeds every field
+of a per-field plan in one pass from per-field descriptors (:class:`FieldKernel`: rows, remapped
+rows, QR, projected rows, int8/int16 rows with a scale). Each gives the torch code's values (the
+tests compare them). They are plain C (no Python or torch headers), so the first build takes about
+a second; they run on torch's own OpenMP threads (built against the ``libgomp`` torch has loaded).
+The library is cached under ``$EMBADVISOR_NATIVE_CACHE`` (default ``~/.cache/embadvisor/native``),
+keyed by the source, the compiler and the CPU (it is built with ``-march=native``), and written
+atomically so concurrent workers can share it.
 
 Everything has a torch fallback: without a C compiler, on other devices or dtypes, or with
 ``EMBADVISOR_NATIVE=0``, the callers use the torch reference. :func:`available` says which.
@@ -29,10 +33,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["available", "disabled", "embed", "embedding", "LookupPlan", "grouped_lookup", "hash_gather", "hash_rows", "robe_gather", "robe_sign_flip_"]
+__all__ = [
+    "PROJECTED", "QR_ADD", "QR_MULT", "QUANT8", "QUANT16", "REMAP", "ROWS", "FieldKernel", "LookupPlan",
+    "available", "disabled", "embed", "embedding", "grouped_lookup", "hash_gather", "hash_rows", "robe_gather",
+]
 
 _SOURCE = Path(__file__).with_name("_native.c")
-_ABI = 8
+_ABI = 9
 _lib: ctypes.CDLL | None = None
 _tried = False
 _off = False  # set by disabled()
@@ -92,11 +99,10 @@ def _build() -> ctypes.CDLL | None:
         raise RuntimeError(f"{out} has ABI {lib.ea_abi_version()}, expected {_ABI}")
     i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     lib.ea_hash_rows.argtypes = [ptr, i64, ptr, i64, i64, ptr, cint]
-    lib.ea_robe_sign_flip.argtypes = [ptr, i64, ptr, i64, ptr, cint]
     lib.ea_robe_gather.argtypes = [ptr, i64, ptr, i64, ptr, i64, ptr, cint]
     lib.ea_hash_gather.argtypes = [ptr, i64, ptr, i64, i64, ptr, i64, ptr, cint]
     lib.ea_gather.argtypes = [ptr, i64, ptr, i64, i64, ptr, cint]
-    for f in (lib.ea_hash_rows, lib.ea_robe_sign_flip, lib.ea_robe_gather, lib.ea_hash_gather):
+    for f in (lib.ea_hash_rows, lib.ea_robe_gather, lib.ea_hash_gather):
         f.restype = None
     lib.ea_gather.restype = i64
     lib.ea_grouped_lookup.argtypes = [ptr, i64, i64, ptr, i64, ptr, i64, ptr, cint]
@@ -156,21 +162,6 @@ def hash_rows(ids: torch.Tensor, mixed_seeds: torch.Tensor, buckets: int) -> tor
     _lib.ea_hash_rows(ids.data_ptr(), ids.numel(), seeds.data_ptr(), seeds.numel(), int(buckets),  # type: ignore[union-attr]
                       out.data_ptr(), torch.get_num_threads())
     return out
-
-
-def robe_sign_flip_(values: torch.Tensor, ids: torch.Tensor, mixed_sign_seeds: torch.Tensor) -> bool:
-    """Negate ``values[i, j]`` (float32 ``[N, d]``, in place) where ROBE's sign bit ``j`` of id ``i`` is set.
-
-    Sign ``j`` is bit ``j % 62`` of the hash of the id under sign seed ``j // 62``. Returns False
-    where the kernel cannot run (the caller uses the torch reference).
-    """
-    if (ids.dtype != torch.int64 or values.dtype != torch.float32 or not values.is_contiguous()
-            or not _usable(ids, mixed_sign_seeds, values)):
-        return False
-    ids, seeds = _c(ids), _c(mixed_sign_seeds.reshape(-1))
-    _lib.ea_robe_sign_flip(ids.data_ptr(), ids.numel(), seeds.data_ptr(), values.shape[-1],  # type: ignore[union-attr]
-                           values.data_ptr(), torch.get_num_threads())
-    return True
 
 
 def robe_gather(ids: torch.Tensor, mixed_seeds: torch.Tensor, array: torch.Tensor, dim: int) -> torch.Tensor | None:

@@ -125,9 +125,7 @@ class ROBEEmbedding(CompressedEmbedding):
             wrap = (start > m - d).nonzero().squeeze(1)
             if wrap.numel():
                 out[wrap] = flat[(start[wrap].unsqueeze(-1) + torch.arange(d, device=ids.device)) % m]
-        if _native.robe_sign_flip_(out, ids, mixed_seeds(self.seeds[1:])):
-            pass
-        elif out.dtype == torch.float32:
+        if out.dtype == torch.float32:
             out.view(torch.int32).bitwise_xor_(self._sign_bits(ids))
         else:
             out.mul_(self.signs(ids))
