@@ -58,7 +58,7 @@ static inline uint64_t udivq(uint64_t n, udiv_t v) {
 
 static inline uint64_t umod(uint64_t n, udiv_t v) { return n - udivq(n, v) * v.d; }
 
-int ea_abi_version(void) { return 9; }
+int ea_abi_version(void) { return 10; }
 
 /* rows[i * k + s] = h(ids[i], mseeds[s]) % buckets for n ids and k seeds */
 void ea_hash_rows(const int64_t *restrict ids, int64_t n, const int64_t *restrict mseeds, int64_t k,
@@ -159,6 +159,42 @@ int64_t ea_gather(const int64_t *restrict idx, int64_t n, const char *restrict t
                 memcpy(out + (b0 + i) * row_bytes, table + idx[b0 + i] * row_bytes, row_bytes);
             else
                 bad++;
+        }
+    }
+    return bad;
+}
+
+/* Quantized rows: out[i, j] = codes[idx[i]][j] * scale[idx[i]] for int8 (esize 1) or int16 (esize 2) codes,
+ * rows code_stride bytes apart, float32 scales scale_stride bytes apart (packed rows share one stride).
+ * Returns the number of indices outside [0, rows). */
+int64_t ea_quant_gather(const int64_t *restrict idx, int64_t n, const char *restrict codes, int64_t code_stride,
+                        int64_t esize, const char *restrict scale, int64_t scale_stride, int64_t rows, int64_t d,
+                        float *restrict out, int nthreads) {
+    int64_t bad = 0;
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (n >= GRAIN) reduction(+ : bad)
+    for (int64_t b0 = 0; b0 < n; b0 += BLOCK) {
+        const int64_t nb = n - b0 < BLOCK ? n - b0 : BLOCK;
+        for (int64_t i = 0; i < nb; i++)
+            if ((uint64_t)idx[b0 + i] < (uint64_t)rows) {
+                __builtin_prefetch(codes + idx[b0 + i] * code_stride);
+                __builtin_prefetch(scale + idx[b0 + i] * scale_stride);
+            }
+        for (int64_t i = 0; i < nb; i++) {
+            const int64_t r = idx[b0 + i];
+            float *restrict o = out + (b0 + i) * d;
+            if ((uint64_t)r >= (uint64_t)rows) {
+                bad++;
+                continue;
+            }
+            float s;
+            memcpy(&s, scale + r * scale_stride, sizeof(float));
+            if (esize == 1) {
+                const int8_t *restrict q = (const int8_t *)(codes + r * code_stride);
+                for (int64_t j = 0; j < d; j++) o[j] = (float)q[j] * s;
+            } else {
+                const int16_t *restrict q = (const int16_t *)(codes + r * code_stride);
+                for (int64_t j = 0; j < d; j++) o[j] = (float)q[j] * s;
+            }
         }
     }
     return bad;

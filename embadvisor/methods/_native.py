@@ -35,11 +35,11 @@ import torch.nn.functional as F
 
 __all__ = [
     "PROJECTED", "QR_ADD", "QR_MULT", "QUANT8", "QUANT16", "REMAP", "ROWS", "FieldKernel", "LookupPlan",
-    "available", "disabled", "embed", "embedding", "grouped_lookup", "hash_gather", "hash_rows", "robe_gather",
+    "available", "disabled", "embed", "embedding", "grouped_lookup", "hash_gather", "hash_rows", "quant_gather", "robe_gather",
 ]
 
 _SOURCE = Path(__file__).with_name("_native.c")
-_ABI = 9
+_ABI = 10
 _lib: ctypes.CDLL | None = None
 _tried = False
 _off = False  # set by disabled()
@@ -105,6 +105,8 @@ def _build() -> ctypes.CDLL | None:
     for f in (lib.ea_hash_rows, lib.ea_robe_gather, lib.ea_hash_gather):
         f.restype = None
     lib.ea_gather.restype = i64
+    lib.ea_quant_gather.argtypes = [ptr, i64, ptr, i64, i64, ptr, i64, i64, i64, ptr, cint]
+    lib.ea_quant_gather.restype = i64
     lib.ea_grouped_lookup.argtypes = [ptr, i64, i64, ptr, i64, ptr, i64, ptr, cint]
     lib.ea_grouped_lookup.restype = i64
     return lib
@@ -247,6 +249,25 @@ class FieldKernel:
             ok = ok and aux is not None and aux.dtype == _AUX_DTYPES[self.kind]
             ok = ok and (aux.dim() == 1 if self.kind in (QUANT8, QUANT16, REMAP) else aux.is_contiguous())  # type: ignore[union-attr]
         return ok
+
+
+def quant_gather(idx: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor | None:
+    """``codes[idx] * scale[idx]`` (int8/int16 codes ``[n, d]`` with contiguous rows, float32 scales ``[n]``;
+    strided rows allowed, as in packed quantized rows) -> float32 ``[*S, d]``; None: use torch."""
+    if (idx.dtype != torch.int64 or codes.dtype not in (torch.int8, torch.int16) or codes.dim() != 2
+            or codes.stride(1) != 1 or scale.dtype != torch.float32 or scale.dim() != 1
+            or not _usable(idx, codes, scale)):
+        return None
+    idx = _c(idx)
+    d = codes.shape[1]
+    out = torch.empty(*idx.shape, d, dtype=torch.float32)
+    es = codes.element_size()
+    bad = _lib.ea_quant_gather(idx.data_ptr(), idx.numel(), codes.data_ptr(), codes.stride(0) * es, es,  # type: ignore[union-attr]
+                               scale.data_ptr(), scale.stride(0) * 4, codes.shape[0], d, out.data_ptr(),
+                               torch.get_num_threads())
+    if bad:
+        raise IndexError(f"index out of range in self: {bad} of {idx.numel()} ids outside [0, {codes.shape[0]})")
+    return out
 
 
 class LookupPlan:

@@ -151,7 +151,7 @@ class QuantizedRows(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
-        out = _native.grouped_lookup(flat.view(-1, 1), [self.field_kernel()], self.embedding_dim)
+        out = _native.quant_gather(flat, self.codes, self.scale)
         if out is None:
             out = self.codes.index_select(0, flat).to(self.scale.dtype) * self.scale.index_select(0, flat).unsqueeze(1)
         return out.reshape(*ids.shape, self.embedding_dim)
