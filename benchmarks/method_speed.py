@@ -39,10 +39,11 @@ import time
 BATCH, FIELDS = 4096, 26
 LOOKUP_BATCHES = 40
 LAYOUTS = ("global", "per_field")
+PAIR_BLOCK = 5
 
 
 def worker(method: str, ratio: float, reps: int, threads: int, layout: str | None = None,
-           ids: str = "sorted") -> dict:
+           ids: str = "sorted", paired: bool = True) -> dict:
     import resource
 
     import numpy as np
@@ -86,47 +87,16 @@ def worker(method: str, ratio: float, reps: int, threads: int, layout: str | Non
         ranks = [np.stack([perm[r[:, f]] for f, perm in enumerate(perms)], 1) for r in ranks]
     batches = [torch.from_numpy(r) for r in ranks[: reps + 2]]
     lookup_batches = [torch.from_numpy(r) for r in ranks[reps + 2:]]
-    sparse = emb.sparse_parameters()
-    sid = {id(p) for p in sparse}
-    dense = [p for p in emb.parameters() if p.requires_grad and id(p) not in sid]
-    opts = ([torch.optim.SparseAdam(sparse, lr=1e-3)] if sparse else []) + \
-           ([torch.optim.Adam(dense, lr=1e-3)] if dense else [])
-    from embadvisor.tasks.trainer import prefault_sparse_state
-
-    for o in opts:
-        prefault_sparse_state(o)
-    emb.on_train_start("adam", 1e-3)
-    emb.train()
+    step_fn, _ = _trainer(emb)
     stage_ms = {}
-    step = 0
     for stage in emb.stages:
         emb.on_stage_start(stage)
-        times = []
-        for ids in batches:
-            t = time.perf_counter()
-            out = emb(ids)
-            loss = out.pow(2).mean()
-            reg = emb.regularization_loss()
-            if reg is not None:
-                loss = loss + reg
-            for o in opts:
-                o.zero_grad(set_to_none=True)
-            loss.backward()
-            for o in opts:
-                o.step()
-            step += 1
-            emb.on_step(step)
-            times.append(time.perf_counter() - t)
+        times = [step_fn(ids) for ids in batches]
         emb.on_epoch_end(0, stage)
         stage_ms[stage.name] = statistics.median(times[2:]) * 1000
     served = emb.export()
-    lookups = []
-    with torch.no_grad():
-        for ids in batches + lookup_batches:
-            t = time.perf_counter()
-            served(ids)
-            lookups.append(time.perf_counter() - t)
-    return {
+    lookups = [_lookup(served, ids) for ids in batches + lookup_batches]
+    out = {
         "method": method, "ratio": ratio, "feasible": True, "layout": plan.layout,
         "serve_bytes": plan.memory.serve_bytes, "train_bytes": plan.memory.train_bytes,
         "measured_serve_bytes": served.measured_memory(),
@@ -134,6 +104,104 @@ def worker(method: str, ratio: float, reps: int, threads: int, layout: str | Non
         "lookup_ms": statistics.median(lookups[len(batches):]) * 1000, "build_s": build_s,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "native": _native.available(), "huge_page_bytes": _huge_page_bytes(),
+    }
+    if paired and method != "full":
+        del served, step_fn, emb
+        out.update(_paired(plan, tables, counts, batches, lookup_batches))
+    return out
+
+
+def _trainer(emb):
+    """A timed training step for ``emb`` (SparseAdam on sparse tables, Adam on the rest), and its optimizers."""
+    import torch
+
+    from embadvisor.tasks.trainer import prefault_sparse_state
+
+    sparse = emb.sparse_parameters()
+    sid = {id(p) for p in sparse}
+    dense = [p for p in emb.parameters() if p.requires_grad and id(p) not in sid]
+    opts = ([torch.optim.SparseAdam(sparse, lr=1e-3)] if sparse else []) + \
+           ([torch.optim.Adam(dense, lr=1e-3)] if dense else [])
+    for o in opts:
+        prefault_sparse_state(o)
+    emb.on_train_start("adam", 1e-3)
+    emb.train()
+    step = 0
+
+    def step_fn(ids) -> float:
+        nonlocal step
+        t = time.perf_counter()
+        out = emb(ids)
+        loss = out.pow(2).mean()
+        reg = emb.regularization_loss()
+        if reg is not None:
+            loss = loss + reg
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        for o in opts:
+            o.step()
+        step += 1
+        emb.on_step(step)
+        return time.perf_counter() - t
+
+    return step_fn, opts
+
+
+def _lookup(served, ids) -> float:
+    import torch
+
+    with torch.no_grad():
+        t = time.perf_counter()
+        served(ids)
+        return time.perf_counter() - t
+
+
+def _paired(plan, tables, counts, batches, lookup_batches) -> dict:
+    """The method against full (same layout) in this process, interleaved: ratios without the drift between
+    processes. Runs after the method's own measurement (its peak RSS is taken before full's tables exist),
+    on a fresh build of the method (same plan and seed) trained again next to full.
+
+    Training: in every stage of the method, one step of each per batch in alternating order (full stays in
+    its one stage). Lookups (exported forms): blocks of PAIR_BLOCK batches, the method's block then full's on
+    the same batches, the order alternating by block; the first lookup of a block warms the caches and is not
+    timed. Ratios: medians of the per-batch ratios (training: mean over the method's stages)."""
+    import torch
+
+    from embadvisor.methods import build_collection, solve
+
+    full = build_collection(solve("full", tables, math.inf, layout=plan.layout))
+    full.prepare(None)
+    full_step, _ = _trainer(full)
+    full.on_stage_start(full.stages[0])
+    torch.manual_seed(0)
+    emb = build_collection(plan)
+    emb.prepare(counts)
+    step_fn, _ = _trainer(emb)
+    stage_r = []
+    for stage in emb.stages:
+        emb.on_stage_start(stage)
+        ratios = []
+        for i, ids in enumerate(batches):
+            if i % 2:
+                tf, tm = full_step(ids), step_fn(ids)
+            else:
+                tm, tf = step_fn(ids), full_step(ids)
+            ratios.append(tm / tf)
+        emb.on_epoch_end(0, stage)
+        stage_r.append(statistics.median(ratios[2:]))
+    served, full_served = emb.export(), full.export()
+    lookup_r = []
+    for k in range(0, len(lookup_batches), PAIR_BLOCK):
+        block = lookup_batches[k : k + PAIR_BLOCK]
+        first, second = (served, full_served) if (k // PAIR_BLOCK) % 2 == 0 else (full_served, served)
+        t1 = [_lookup(first, ids) for ids in block][1:]
+        t2 = [_lookup(second, ids) for ids in block][1:]
+        tm, tf = (t1, t2) if first is served else (t2, t1)
+        lookup_r += [a / b for a, b in zip(tm, tf, strict=True)]
+    return {
+        "paired_train": sum(stage_r) / len(stage_r),
+        "paired_lookup": statistics.median(lookup_r),
     }
 
 
@@ -146,9 +214,11 @@ def _huge_page_bytes() -> int:
         return 0
 
 
-def run(method: str, ratio: float, reps: int, threads: int, layout: str | None = None, ids: str = "sorted") -> dict:
+def run(method: str, ratio: float, reps: int, threads: int, layout: str | None = None, ids: str = "sorted",
+        paired: bool = True) -> dict:
     cmd = [sys.executable, __file__, "--worker", method, "--ratio", str(ratio), "--reps", str(reps),
-           "--threads", str(threads), "--ids", ids] + (["--layout", layout] if layout else [])
+           "--threads", str(threads), "--ids", ids] + (["--layout", layout] if layout else []) + \
+          ([] if paired else ["--no-paired"])
     res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     if res.returncode != 0:
         return {"method": method, "ratio": ratio, "feasible": False, "reason": "crashed: " + res.stderr[-300:]}
@@ -169,11 +239,13 @@ def main() -> None:
     ap.add_argument("--budgets", default="0.5,0.1,0.01")
     ap.add_argument("--rounds", type=int, default=1, help="repeat everything, full included; report median ratios")
     ap.add_argument("--layout", choices=LAYOUTS, help=argparse.SUPPRESS)  # the worker's layout (full)
+    ap.add_argument("--no-paired", dest="paired", action="store_false",
+                    help="judge on the separate-process ratios only (no in-process interleaved run against full)")
     ap.add_argument("--ids", choices=("sorted", "shuffled"), default="sorted",
                     help="Zipf ids with id = frequency rank (default), or each rank mapped to a fixed random id")
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.ratio, args.reps, args.threads, args.layout, args.ids)))
+        print(json.dumps(worker(args.worker, args.ratio, args.reps, args.threads, args.layout, args.ids, args.paired)))
         return
     from embadvisor.methods import get_method, list_methods
 
@@ -185,7 +257,7 @@ def main() -> None:
     print(f"criteo-kaggle preset, batch {BATCH} x {FIELDS} fields, {args.ids} Zipf ids, {args.threads} threads, "
           f"medians of {args.reps}"
           f"{f'; {args.rounds} rounds, each with its own full run (ratios: median over rounds)' if args.rounds > 1 else ''}")
-    runs: dict[tuple[str, float], list[tuple[dict, float, float, float, float]]] = {}
+    runs: dict[tuple[str, float], list[tuple[dict, dict[str, float]]]] = {}
     for k in range(args.rounds):
         # this machine drifts between processes: every round re-measures full (in both layouts), and each ratio
         # uses its round's full runs
@@ -198,20 +270,33 @@ def main() -> None:
                   flush=True)
         for ratio in budgets:
             for m in methods[1:]:
-                r = run(m, ratio, args.reps, args.threads, ids=args.ids)
+                r = run(m, ratio, args.reps, args.threads, ids=args.ids, paired=args.paired)
                 if not r["feasible"]:
-                    runs.setdefault((m, ratio), []).append((r, math.nan, math.nan, math.nan, math.nan))
+                    runs.setdefault((m, ratio), []).append((r, {}))
                     continue
                 same, default = full[r["layout"]], full[default_full]
-                runs.setdefault((m, ratio), []).append((
-                    r, r["train_ms"] / same["train_ms"], r["lookup_ms"] / same["lookup_ms"],
-                    r["train_ms"] / default["train_ms"], r["lookup_ms"] / default["lookup_ms"]))
-    print("train/full, lookup/full: against full in the method's own layout (judged); in brackets against the "
-          f"default full ({default_full})")
-    header = (f"{'method':10} {'budget':>7} {'layout':9} {'serve MiB':>10} {'train/full':>17} {'lookup/full':>17} "
+                x = {"train_sep": r["train_ms"] / same["train_ms"], "lookup_sep": r["lookup_ms"] / same["lookup_ms"],
+                     "train_default": r["train_ms"] / default["train_ms"],
+                     "lookup_default": r["lookup_ms"] / default["lookup_ms"]}
+                # judged: the in-process interleaved ratio where measured, else the separate-process one
+                x["train"] = r.get("paired_train", x["train_sep"])
+                x["lookup"] = r.get("paired_lookup", x["lookup_sep"])
+                runs.setdefault((m, ratio), []).append((r, x))
+    if args.paired:
+        print("train/full, lookup/full: judged on the method against full in its own layout, interleaved in one "
+              "process (median of per-batch ratios); in brackets the ratio of separate processes (same layout / "
+              f"default full, {default_full})")
+    else:
+        print("train/full, lookup/full: against full in the method's own layout, separate processes (judged); in "
+              f"brackets against the default full ({default_full})")
+    header = (f"{'method':10} {'budget':>7} {'layout':9} {'serve MiB':>10} {'train/full':>19} {'lookup/full':>19} "
               f"{'target':>6} {'peak RSS GiB':>12}  per-stage ms")
     print(header)
     print("-" * len(header))
+
+    def med(xs: list[dict[str, float]], key: str) -> float:
+        return statistics.median(x[key] for x in xs)
+
     for ratio in budgets:
         for m in methods[1:]:
             rs = runs[(m, ratio)]
@@ -219,20 +304,21 @@ def main() -> None:
             if not r["feasible"]:
                 print(f"{m:10} {ratio:>7} infeasible ({r.get('reason', '')[:60]})")
                 continue
-            tr = statistics.median(x[1] for x in rs)
-            lk = statistics.median(x[2] for x in rs)
+            xs = [x for _, x in rs]
+            tr, lk = med(xs, "train"), med(xs, "lookup")
             target = TARGETS.get(m)
             ok = "" if target is None else ("ok" if tr <= target and lk <= target else "SLOW")
             stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stage_ms"].items())
-            spread = "" if len(rs) == 1 else (f" (train {min(x[1] for x in rs):.2f}-{max(x[1] for x in rs):.2f}, "
-                                              f"lookup {min(x[2] for x in rs):.2f}-{max(x[2] for x in rs):.2f})")
+            spread = "" if len(rs) == 1 else (f" (judged: train {min(x['train'] for x in xs):.2f}-"
+                                              f"{max(x['train'] for x in xs):.2f}, lookup "
+                                              f"{min(x['lookup'] for x in xs):.2f}-{max(x['lookup'] for x in xs):.2f})")
             rss = max(x[0]["peak_rss_bytes"] for x in rs)
-            trd = statistics.median(x[3] for x in rs)
-            lkd = statistics.median(x[4] for x in rs)
-            print(f"{m:10} {ratio:>7} {r['layout']:9} {r['serve_bytes'] / 2**20:>10.1f} {tr:>6.2f} ({trd:>5.2f})    "
-                  f"{lk:>6.2f} ({lkd:>5.2f})    "
+            br = ("{:.2f}/{:.2f}" if args.paired else "{1:.2f}")
+            trb = br.format(med(xs, "train_sep"), med(xs, "train_default"))
+            lkb = br.format(med(xs, "lookup_sep"), med(xs, "lookup_default"))
+            print(f"{m:10} {ratio:>7} {r['layout']:9} {r['serve_bytes'] / 2**20:>10.1f} {tr:>6.2f} ({trb:>10}) "
+                  f"{lk:>6.2f} ({lkb:>10}) "
                   f"{(f'<={target}' if target else 'report'):>6} {rss / 2**30:>12.2f}  {stages} {ok}{spread}")
-
 
 if __name__ == "__main__":
     main()

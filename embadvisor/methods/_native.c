@@ -18,8 +18,36 @@
 #include <string.h>
 
 #define MASK63 0x7FFFFFFFFFFFFFFFULL
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #define GRAIN 16384 /* fewer ids than this run on one thread */
-#define BLOCK 32     /* ids per block: hash them all and prefetch their rows, then copy */
+/* Prefetch distance in lookups: while lookup i is copied, the row of lookup i + DIST is addressed and
+ * prefetched, so about DIST cache misses are always in flight. (Prefetching a block of 32 rows and then
+ * copying them, as before, left the first rows' latency exposed in every block: the plain gather took
+ * 1.9x as long.) A power of two: addresses wait in ring buffers of DIST entries. */
+#define DIST 64
+#define RMASK (DIST - 1)
+
+/* this thread's contiguous share [lo, hi) of n items (the whole range without OpenMP) */
+static inline void thread_range(int64_t n, int64_t *lo, int64_t *hi) {
+#ifdef _OPENMP
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+    const int64_t t = 0, nt = 1;
+#endif
+    const int64_t per = (n + nt - 1) / nt;
+    *lo = t * per < n ? t * per : n;
+    *hi = *lo + per < n ? *lo + per : n;
+}
+
+/* prefetch every cache line of the `bytes` bytes at p */
+static inline void prefetch_row(const void *p, int64_t bytes) {
+    const char *c = (const char *)p;
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off);
+    __builtin_prefetch(c + bytes - 1);
+}
 
 static inline uint64_t fmix64(uint64_t x) {
     x ^= x >> 33;
@@ -58,7 +86,62 @@ static inline uint64_t udivq(uint64_t n, udiv_t v) {
 
 static inline uint64_t umod(uint64_t n, udiv_t v) { return n - udivq(n, v) * v.d; }
 
-int ea_abi_version(void) { return 10; }
+/* Row arithmetic in chunks of 16 columns with GCC/clang vector types (one 16-lane operation per chunk
+ * with AVX-512, four with SSE), then the remaining columns one by one. Plain loops over a run-time d were
+ * vectorised for 64 int8 lanes (or peeled) and so ran scalar for the usual d = 16. The types allow
+ * unaligned access (aligned(1 or 4)) and aliasing. */
+typedef float f32x16 __attribute__((vector_size(64), aligned(4), may_alias));
+typedef int32_t i32x16 __attribute__((vector_size(64), aligned(4), may_alias));
+typedef int8_t i8x16 __attribute__((vector_size(16), aligned(1), may_alias));
+typedef int16_t i16x16 __attribute__((vector_size(32), aligned(1), may_alias));
+#define CHUNK 16
+#define V(p, j) (*(f32x16 *)((p) + (j)))
+#define CV(p, j) (*(const f32x16 *)((p) + (j)))
+
+static inline void row_copy(float *restrict o, const float *restrict a, int64_t d) {
+    int64_t j = 0;
+    for (; j + CHUNK <= d; j += CHUNK) V(o, j) = CV(a, j);
+    for (; j < d; j++) o[j] = a[j];
+}
+static inline void row_add(float *restrict o, const float *restrict a, int64_t d) {
+    int64_t j = 0;
+    for (; j + CHUNK <= d; j += CHUNK) V(o, j) += CV(a, j);
+    for (; j < d; j++) o[j] += a[j];
+}
+static inline void row_mul2(float *restrict o, const float *restrict a, const float *restrict c, int64_t d) {
+    int64_t j = 0;
+    for (; j + CHUNK <= d; j += CHUNK) V(o, j) = CV(a, j) * CV(c, j);
+    for (; j < d; j++) o[j] = a[j] * c[j];
+}
+static inline void row_add2(float *restrict o, const float *restrict a, const float *restrict c, int64_t d) {
+    int64_t j = 0;
+    for (; j + CHUNK <= d; j += CHUNK) V(o, j) = CV(a, j) + CV(c, j);
+    for (; j < d; j++) o[j] = a[j] + c[j];
+}
+static inline void row_axpy(float *restrict o, float x, const float *restrict p, int64_t d) {
+    int64_t j = 0;
+    for (; j + CHUNK <= d; j += CHUNK) V(o, j) += x * CV(p, j);
+    for (; j < d; j++) o[j] += x * p[j];
+}
+/* int8 -> float through int16 and int32: gcc 12 turns a direct int8 -> float vector conversion into 16
+ * scalar conversions */
+static inline void row_deq8(float *restrict o, const int8_t *restrict q, float s, int64_t d) {
+    int64_t j = 0;
+    for (; j + CHUNK <= d; j += CHUNK)
+        V(o, j) = __builtin_convertvector(
+                      __builtin_convertvector(__builtin_convertvector(*(const i8x16 *)(q + j), i16x16), i32x16),
+                      f32x16) *
+                  s;
+    for (; j < d; j++) o[j] = (float)q[j] * s;
+}
+static inline void row_deq16(float *restrict o, const int16_t *restrict q, float s, int64_t d) {
+    int64_t j = 0;
+    for (; j + CHUNK <= d; j += CHUNK)
+        V(o, j) = __builtin_convertvector(__builtin_convertvector(*(const i16x16 *)(q + j), i32x16), f32x16) * s;
+    for (; j < d; j++) o[j] = (float)q[j] * s;
+}
+
+int ea_abi_version(void) { return 11; }
 
 /* rows[i * k + s] = h(ids[i], mseeds[s]) % buckets for n ids and k seeds */
 void ea_hash_rows(const int64_t *restrict ids, int64_t n, const int64_t *restrict mseeds, int64_t k,
@@ -110,36 +193,36 @@ void ea_robe_gather(const int64_t *restrict ids, int64_t n, const int64_t *restr
                     const uint32_t *restrict a, int64_t d, uint32_t *restrict out, int nthreads) {
     init_sign_lut();
     const udiv_t mm = udiv_init((uint64_t)m);
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (n >= GRAIN)
-    for (int64_t b0 = 0; b0 < n; b0 += BLOCK) {
-        int64_t start[BLOCK];
-        const int64_t nb = n - b0 < BLOCK ? n - b0 : BLOCK;
-        uint64_t hv[BLOCK];
-        const uint64_t seed = (uint64_t)mseeds[0];
-        for (int64_t i = 0; i < nb; i++) hv[i] = fmix64((uint64_t)ids[b0 + i] ^ seed) & MASK63; /* vectorises */
-        for (int64_t i = 0; i < nb; i++) {
-            start[i] = (int64_t)umod(hv[i], mm);
-            __builtin_prefetch(a + start[i]);
-            __builtin_prefetch(a + start[i] + d - 1);
-        }
-        if (d <= 62) /* one sign word per id: hashed for the block at once (vectorises) */
-            for (int64_t i = 0; i < nb; i++) hv[i] = fmix64((uint64_t)ids[b0 + i] ^ (uint64_t)mseeds[1]);
-        for (int64_t i = 0; i < nb; i++) {
-            uint32_t *restrict o = out + (b0 + i) * d;
-            const int64_t s = start[i];
-            if (s + d <= m) {
-                memcpy(o, a + s, (size_t)d * sizeof(uint32_t));
-            } else {
-                int64_t pos = s;
-                for (int64_t j = 0; j < d; j++) {
-                    o[j] = a[pos];
-                    if (++pos == m) pos = 0;
+    const uint64_t seed = (uint64_t)mseeds[0];
+#pragma omp parallel num_threads(nthreads) if (n >= GRAIN)
+    {
+        int64_t lo, hi, ring[DIST];
+        thread_range(n, &lo, &hi);
+        for (int64_t i = lo; i < hi + DIST; i++) {
+            const int64_t k = i - DIST; /* the lookup copied now (its slot is then reused for lookup i) */
+            if (k >= lo) {
+                uint32_t *restrict o = out + k * d;
+                const int64_t st = ring[k & RMASK];
+                if (st + d <= m) {
+                    row_copy((float *)o, (const float *)(a + st), d);
+                } else {
+                    int64_t pos = st;
+                    for (int64_t j = 0; j < d; j++) {
+                        o[j] = a[pos];
+                        if (++pos == m) pos = 0;
+                    }
                 }
+                if (d <= 62)
+                    flip_bits(o, fmix64((uint64_t)ids[k] ^ (uint64_t)mseeds[1]), d);
+                else
+                    flip_signs(o, (uint64_t)ids[k], mseeds + 1, d);
             }
-            if (d <= 62)
-                flip_bits(o, hv[i], d);
-            else
-                flip_signs(o, (uint64_t)ids[b0 + i], mseeds + 1, d);
+            if (i < hi) { /* address and prefetch lookup i, copied DIST lookups later */
+                const int64_t st = (int64_t)umod(fmix64((uint64_t)ids[i] ^ seed) & MASK63, mm);
+                ring[i & RMASK] = st;
+                __builtin_prefetch(a + st);
+                __builtin_prefetch(a + st + d - 1);
+            }
         }
     }
 }
@@ -149,16 +232,22 @@ void ea_robe_gather(const int64_t *restrict ids, int64_t n, const int64_t *restr
 int64_t ea_gather(const int64_t *restrict idx, int64_t n, const char *restrict table, int64_t rows,
                   int64_t row_bytes, char *restrict out, int nthreads) {
     int64_t bad = 0;
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (n >= GRAIN) reduction(+ : bad)
-    for (int64_t b0 = 0; b0 < n; b0 += BLOCK) {
-        const int64_t nb = n - b0 < BLOCK ? n - b0 : BLOCK;
-        for (int64_t i = 0; i < nb; i++)
-            if ((uint64_t)idx[b0 + i] < (uint64_t)rows) __builtin_prefetch(table + idx[b0 + i] * row_bytes);
-        for (int64_t i = 0; i < nb; i++) {
-            if ((uint64_t)idx[b0 + i] < (uint64_t)rows)
-                memcpy(out + (b0 + i) * row_bytes, table + idx[b0 + i] * row_bytes, row_bytes);
-            else
+#pragma omp parallel num_threads(nthreads) if (n >= GRAIN) reduction(+ : bad)
+    {
+        int64_t lo, hi;
+        thread_range(n, &lo, &hi);
+        for (int64_t i = lo; i < hi && i < lo + DIST; i++)
+            if ((uint64_t)idx[i] < (uint64_t)rows) prefetch_row(table + idx[i] * row_bytes, row_bytes);
+        for (int64_t i = lo; i < hi; i++) {
+            if (i + DIST < hi && (uint64_t)idx[i + DIST] < (uint64_t)rows)
+                prefetch_row(table + idx[i + DIST] * row_bytes, row_bytes);
+            const int64_t r = idx[i];
+            if ((uint64_t)r >= (uint64_t)rows)
                 bad++;
+            else if (row_bytes == 64) /* d = 16 float32: a fixed size, inlined */
+                memcpy(out + i * 64, table + r * 64, 64);
+            else
+                memcpy(out + i * row_bytes, table + r * row_bytes, (size_t)row_bytes);
         }
     }
     return bad;
@@ -171,60 +260,58 @@ int64_t ea_quant_gather(const int64_t *restrict idx, int64_t n, const char *rest
                         int64_t esize, const char *restrict scale, int64_t scale_stride, int64_t rows, int64_t d,
                         float *restrict out, int nthreads) {
     int64_t bad = 0;
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (n >= GRAIN) reduction(+ : bad)
-    for (int64_t b0 = 0; b0 < n; b0 += BLOCK) {
-        const int64_t nb = n - b0 < BLOCK ? n - b0 : BLOCK;
-        for (int64_t i = 0; i < nb; i++)
-            if ((uint64_t)idx[b0 + i] < (uint64_t)rows) {
-                __builtin_prefetch(codes + idx[b0 + i] * code_stride);
-                __builtin_prefetch(scale + idx[b0 + i] * scale_stride);
+#pragma omp parallel num_threads(nthreads) if (n >= GRAIN) reduction(+ : bad)
+    {
+        int64_t lo, hi;
+        thread_range(n, &lo, &hi);
+        for (int64_t i = lo; i < hi + DIST; i++) {
+            if (i < hi && (uint64_t)idx[i] < (uint64_t)rows) {
+                prefetch_row(codes + idx[i] * code_stride, d * esize);
+                __builtin_prefetch(scale + idx[i] * scale_stride);
             }
-        for (int64_t i = 0; i < nb; i++) {
-            const int64_t r = idx[b0 + i];
-            float *restrict o = out + (b0 + i) * d;
+            const int64_t k = i - DIST;
+            if (k < lo) continue;
+            const int64_t r = idx[k];
             if ((uint64_t)r >= (uint64_t)rows) {
                 bad++;
                 continue;
             }
             float s;
             memcpy(&s, scale + r * scale_stride, sizeof(float));
-            if (esize == 1) {
-                const int8_t *restrict q = (const int8_t *)(codes + r * code_stride);
-                for (int64_t j = 0; j < d; j++) o[j] = (float)q[j] * s;
-            } else {
-                const int16_t *restrict q = (const int16_t *)(codes + r * code_stride);
-                for (int64_t j = 0; j < d; j++) o[j] = (float)q[j] * s;
-            }
+            if (esize == 1)
+                row_deq8(out + k * d, (const int8_t *)(codes + r * code_stride), s, d);
+            else
+                row_deq16(out + k * d, (const int16_t *)(codes + r * code_stride), s, d);
         }
     }
     return bad;
 }
 
-/* The hashing trick's lookup of n ids: out[i] = sum over the k seeds of table[h(x_i, s) % rows], float32
- * rows of d values (the sum in seed order, as torch's sum over k <= 2 adds them). */
+/* The hashing trick's lookup of n ids: out[i] = sum over the k <= 4 seeds of table[h(x_i, s) % rows],
+ * float32 rows of d values (the sum in seed order, as torch's sum over k <= 2 adds them). */
+#define KMAX 4
 void ea_hash_gather(const int64_t *restrict ids, int64_t n, const int64_t *restrict mseeds, int64_t k,
                     int64_t rows, const float *restrict table, int64_t d, float *restrict out, int nthreads) {
+    if (k < 1 || k > KMAX) return; /* the caller checks */
     const udiv_t b = udiv_init((uint64_t)rows);
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (n >= GRAIN)
-    for (int64_t b0 = 0; b0 < n; b0 += BLOCK) {
-        int64_t start[BLOCK];
-        const int64_t nb = n - b0 < BLOCK ? n - b0 : BLOCK;
-        for (int64_t s = 0; s < k; s++) {
-            uint64_t hv[BLOCK];
-            const uint64_t seed = (uint64_t)mseeds[s];
-            for (int64_t i = 0; i < nb; i++) hv[i] = fmix64((uint64_t)ids[b0 + i] ^ seed) & MASK63; /* vectorises */
-            for (int64_t i = 0; i < nb; i++) {
-                start[i] = (int64_t)umod(hv[i], b) * d;
-                __builtin_prefetch(table + start[i]);
+#pragma omp parallel num_threads(nthreads) if (n >= GRAIN)
+    {
+        int64_t lo, hi, ring[DIST * KMAX];
+        thread_range(n, &lo, &hi);
+        for (int64_t i = lo; i < hi + DIST; i++) {
+            const int64_t l = i - DIST; /* summed now (its slot is then reused for lookup i) */
+            if (l >= lo) {
+                float *restrict o = out + l * d;
+                row_copy(o, table + ring[(l & RMASK) * KMAX], d);
+                for (int64_t s = 1; s < k; s++) row_add(o, table + ring[(l & RMASK) * KMAX + s], d);
             }
-            for (int64_t i = 0; i < nb; i++) {
-                float *restrict o = out + (b0 + i) * d;
-                const float *restrict r = table + start[i];
-                if (s == 0)
-                    memcpy(o, r, (size_t)d * sizeof(float));
-                else
-                    for (int64_t j = 0; j < d; j++) o[j] += r[j];
-            }
+            if (i < hi)
+                for (int64_t s = 0; s < k; s++) {
+                    const int64_t st =
+                        (int64_t)umod(fmix64((uint64_t)ids[i] ^ (uint64_t)mseeds[s]) & MASK63, b) * d;
+                    ring[(i & RMASK) * KMAX + s] = st;
+                    prefetch_row(table + st, d * 4);
+                }
         }
     }
 }
@@ -244,9 +331,31 @@ void ea_hash_gather(const int64_t *restrict ids, int64_t n, const int64_t *restr
  * or no memory). */
 enum { K_ROWS = 0, K_REMAP = 1, K_QR_MULT = 2, K_QR_ADD = 3, K_PROJ = 4, K_Q8 = 5, K_Q16 = 6 };
 #define MAXF 1024
-#define LBLOCK 32 /* lookups per block: addresses computed and prefetched, then copied */
 
 static inline int64_t elem_bytes(int64_t kind) { return kind == K_Q8 ? 1 : kind == K_Q16 ? 2 : 4; }
+
+/* the addresses lookup l (field f) reads: src (the row) and src2 (QR's second row or the scale), or 0/0
+ * for an id out of range; both prefetched */
+static inline void grouped_address(const int64_t *restrict D, int64_t id, const udiv_t *kd, int64_t d,
+                                   const char **src, const char **src2) {
+    const int64_t kind = D[0];
+    const char *table = (const char *)(intptr_t)D[1];
+    const int64_t rb = D[2] * elem_bytes(kind);
+    *src = *src2 = 0;
+    if ((uint64_t)id >= (uint64_t)D[7]) return;
+    if (kind == K_REMAP) {
+        *src = table + (D[3] + ((const int32_t *)(intptr_t)D[4])[id]) * rb;
+    } else if (kind == K_QR_MULT || kind == K_QR_ADD) {
+        const uint64_t q = udivq((uint64_t)id, *kd), r = (uint64_t)id - q * kd->d;
+        *src = table + (D[3] + (int64_t)q) * rb;
+        *src2 = (const char *)(intptr_t)D[4] + (D[6] + (int64_t)r) * rb;
+    } else {
+        *src = table + (D[3] + id) * rb;
+        if (kind == K_Q8 || kind == K_Q16) *src2 = (const char *)(intptr_t)D[4] + (D[3] + id) * D[5];
+    }
+    prefetch_row(*src, (kind == K_PROJ ? D[2] : d) * elem_bytes(kind));
+    if (*src2) __builtin_prefetch(*src2);
+}
 
 int64_t ea_grouped_lookup(const int64_t *restrict ids, int64_t batch, int64_t nf, const int64_t *restrict desc,
                           int64_t d, float *restrict out, int64_t out_width, const int64_t *restrict out_cols,
@@ -274,69 +383,64 @@ int64_t ea_grouped_lookup(const int64_t *restrict ids, int64_t batch, int64_t nf
     for (int64_t f = 0; f < nf; f++) any_remap |= desc[f * 8] == K_REMAP;
     const int64_t n = batch * nf; /* lookups, row-major over (b, f): lookup l is field l % nf */
     int64_t bad = 0;
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (n >= GRAIN) reduction(+ : bad)
-    for (int64_t l0 = 0; l0 < n; l0 += LBLOCK) {
-        const int64_t nl = n - l0 < LBLOCK ? n - l0 : LBLOCK;
-        const char *src[LBLOCK], *src2[LBLOCK];
-        int64_t f = l0 % nf;
-        if (any_remap) /* remap entries first */
-            for (int64_t i = 0; i < nl; i++, f = f + 1 == nf ? 0 : f + 1)
-                if (desc[f * 8] == K_REMAP && (uint64_t)ids[l0 + i] < (uint64_t)desc[f * 8 + 7])
-                    __builtin_prefetch((const int32_t *)(intptr_t)desc[f * 8 + 4] + ids[l0 + i]);
-        f = l0 % nf;
-        for (int64_t i = 0; i < nl; i++, f = f + 1 == nf ? 0 : f + 1) { /* addresses, rows prefetched */
-            const int64_t *D = desc + f * 8;
-            const int64_t id = ids[l0 + i], kind = D[0];
-            const char *table = (const char *)(intptr_t)D[1];
-            const int64_t rb = D[2] * elem_bytes(kind);
-            src[i] = src2[i] = 0;
-            if ((uint64_t)id >= (uint64_t)D[7]) continue;
-            if (kind == K_REMAP) {
-                src[i] = table + (D[3] + ((const int32_t *)(intptr_t)D[4])[id]) * rb;
-            } else if (kind == K_QR_MULT || kind == K_QR_ADD) {
-                const uint64_t q = udivq((uint64_t)id, kdiv[f]), r = (uint64_t)id - q * kdiv[f].d;
-                src[i] = table + (D[3] + (int64_t)q) * rb;
-                src2[i] = (const char *)(intptr_t)D[4] + (D[6] + (int64_t)r) * rb;
-            } else {
-                src[i] = table + (D[3] + id) * rb;
-                if (kind == K_Q8 || kind == K_Q16) src2[i] = (const char *)(intptr_t)D[4] + (D[3] + id) * D[5];
+#pragma omp parallel num_threads(nthreads) if (n >= GRAIN) reduction(+ : bad)
+    {
+        int64_t lo, hi;
+        thread_range(n, &lo, &hi);
+        const char *src[DIST], *src2[DIST];
+        /* three cursors: remap entries are prefetched 2 * DIST lookups ahead (adapt reads its row address
+         * from them), rows DIST ahead, and lookup l is written; fields and batch rows advance without a
+         * division per lookup */
+        int64_t fr = lo % nf, fa = lo % nf, f = lo % nf, row = lo / nf;
+        for (int64_t i = lo; i < hi + 2 * DIST; i++) {
+            if (any_remap && i < hi) {
+                if (desc[fr * 8] == K_REMAP && (uint64_t)ids[i] < (uint64_t)desc[fr * 8 + 7])
+                    __builtin_prefetch((const int32_t *)(intptr_t)desc[fr * 8 + 4] + ids[i]);
+                fr = fr + 1 == nf ? 0 : fr + 1;
             }
-            __builtin_prefetch(src[i]);
-            if (src2[i]) __builtin_prefetch(src2[i]);
-        }
-        f = l0 % nf;
-        int64_t row = l0 / nf; /* batch row of lookup l0 + i, advanced as f wraps (no division per lookup) */
-        for (int64_t i = 0; i < nl; i++, f = f + 1 == nf ? (row++, 0) : f + 1) {
+            /* lookup l is written now, from the slot that lookup a (addressed and prefetched now) reuses */
+            const int64_t a = i - DIST, l = i - 2 * DIST;
+            const char *s1 = 0, *s2 = 0;
+            if (l >= lo) {
+                s1 = src[l & RMASK];
+                s2 = src2[l & RMASK];
+            }
+            if (a >= lo && a < hi) {
+                grouped_address(desc + fa * 8, ids[a], kdiv + fa, d, src + (a & RMASK), src2 + (a & RMASK));
+                fa = fa + 1 == nf ? 0 : fa + 1;
+            }
+            if (l < lo) continue;
             const int64_t *D = desc + f * 8;
             const int64_t kind = D[0];
             float *restrict o = out + (row * out_width + out_cols[f]) * d;
-            if (!src[i]) {
+            const int64_t fl = f;
+            if (f + 1 == nf) {
+                f = 0;
+                row++;
+            } else {
+                f++;
+            }
+            if (!s1) {
                 bad++;
                 continue;
             }
-            const float *restrict a = (const float *)src[i];
-            const float *restrict c = (const float *)src2[i];
+            const float *restrict x = (const float *)s1;
+            const float *restrict c = (const float *)s2;
             if (kind == K_ROWS || kind == K_REMAP) {
-                if (d == 16)
-                    memcpy(o, a, 16 * sizeof(float)); /* a fixed size: inlined */
-                else
-                    memcpy(o, a, (size_t)d * sizeof(float));
+                row_copy(o, x, d);
             } else if (kind == K_QR_MULT) {
-                for (int64_t j = 0; j < d; j++) o[j] = a[j] * c[j];
+                row_mul2(o, x, c, d);
             } else if (kind == K_QR_ADD) {
-                for (int64_t j = 0; j < d; j++) o[j] = a[j] + c[j];
+                row_add2(o, x, c, d);
             } else if (kind == K_Q8) {
-                const int8_t *restrict q = (const int8_t *)src[i];
-                for (int64_t j = 0; j < d; j++) o[j] = (float)q[j] * c[0];
+                row_deq8(o, (const int8_t *)s1, c[0], d);
             } else if (kind == K_Q16) {
-                const int16_t *restrict q = (const int16_t *)src[i];
-                for (int64_t j = 0; j < d; j++) o[j] = (float)q[j] * c[0];
+                row_deq16(o, (const int16_t *)s1, c[0], d);
             } else { /* K_PROJ */
                 const int64_t w = D[2];
-                const float *restrict P = pt + ptoff[f];
+                const float *restrict P = pt + ptoff[fl];
                 for (int64_t j = 0; j < d; j++) o[j] = 0.0f;
-                for (int64_t t = 0; t < w; t++)
-                    for (int64_t j = 0; j < d; j++) o[j] += a[t] * P[t * d + j];
+                for (int64_t t = 0; t < w; t++) row_axpy(o, x[t], P + t * d, d);
             }
         }
     }

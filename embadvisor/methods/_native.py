@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 _SOURCE = Path(__file__).with_name("_native.c")
-_ABI = 10
+_ABI = 11
 _lib: ctypes.CDLL | None = None
 _tried = False
 _off = False  # set by disabled()
@@ -182,8 +182,9 @@ def robe_gather(ids: torch.Tensor, mixed_seeds: torch.Tensor, array: torch.Tenso
 
 def hash_gather(ids: torch.Tensor, mixed_seeds: torch.Tensor, table: torch.Tensor) -> torch.Tensor | None:
     """The hashing trick's ``sum_s table[h_s(id)]`` for ids ``[*S]`` -> float32 ``[*S, d]`` in one pass; None: use torch."""
-    if ids.dtype != torch.int64 or table.dtype != torch.float32 or not _usable(ids, mixed_seeds, table):
-        return None
+    if (ids.dtype != torch.int64 or table.dtype != torch.float32 or not 1 <= mixed_seeds.numel() <= 4
+            or not _usable(ids, mixed_seeds, table)):
+        return None  # the kernel sums at most 4 hashes (hash's num_hashes allows 1-4)
     ids, seeds, table = _c(ids), _c(mixed_seeds.reshape(-1)), _c(table)
     out = torch.empty(*ids.shape, table.shape[1], dtype=torch.float32)
     _lib.ea_hash_gather(ids.data_ptr(), ids.numel(), seeds.data_ptr(), seeds.numel(), table.shape[0],  # type: ignore[union-attr]

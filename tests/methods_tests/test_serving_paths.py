@@ -184,3 +184,35 @@ def test_quantized_rows_pack_codes_and_scale_in_one_row_with_the_same_bytes(dtyp
     assert torch.equal(again(ids), ref)
     odd = QuantizedRows(codes[:, :3].to(torch.int8).contiguous(), scale)  # 3-byte rows: kept apart
     assert odd.codes.untyped_storage().data_ptr() != odd.scale.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("d", [8, 16, 40])  # below, at and off the kernels' 16-column vector chunks
+@pytest.mark.parametrize("layout", ["global", "per_field"])
+@pytest.mark.parametrize("method", ["full", "hash", "qr", "robe", "mde", "adapt", "int8", "int16", "alpt"])
+def test_large_batches_on_two_threads_give_the_reference_values(method: str, layout: str, d: int) -> None:
+    """Batches above the kernels' one-thread limit (16384 lookups) split over two threads, each with its own
+    prefetch pipeline: every row must still land in its place."""
+    tables = [TableSpec(f"t{i}", n, d) for i, n in enumerate((3, 700, 5000, 20000))]
+    full_bytes = sum(t.num_embeddings * d * 4 for t in tables)
+    plan = solve(method, tables, math.inf if method == "full" else 0.4 * full_bytes, layout=layout)
+    if not plan.feasible:
+        plan = solve(method, tables, plan.min_budget_bytes, layout=layout)
+    if not plan.feasible:
+        pytest.skip(f"{method} has no {layout} layout")
+    counts = [np.maximum(1, 1000 // np.arange(1, t.num_embeddings + 1)) for t in tables]
+    torch.manual_seed(0)
+    emb = build_collection(plan)
+    emb.prepare(counts)
+    served = emb.export()
+    g = torch.Generator().manual_seed(5)
+    ids = torch.stack([torch.randint(0, t.num_embeddings, (5003,), generator=g) for t in tables], 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            out = served(ids)
+            with _native.disabled():
+                ref = served(ids)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
