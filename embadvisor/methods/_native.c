@@ -99,6 +99,10 @@ typedef int16_t i16x16 __attribute__((vector_size(32), aligned(1), may_alias));
 #define CV(p, j) (*(const f32x16 *)((p) + (j)))
 
 static inline void row_copy(float *restrict o, const float *restrict a, int64_t d) {
+    if (d == 16) { /* the common row, one vector (gcc turns the loop below into a call to memmove) */
+        V(o, 0) = CV(a, 0);
+        return;
+    }
     int64_t j = 0;
     for (; j + CHUNK <= d; j += CHUNK) V(o, j) = CV(a, j);
     for (; j < d; j++) o[j] = a[j];
@@ -118,10 +122,21 @@ static inline void row_add2(float *restrict o, const float *restrict a, const fl
     for (; j + CHUNK <= d; j += CHUNK) V(o, j) = CV(a, j) + CV(c, j);
     for (; j < d; j++) o[j] = a[j] + c[j];
 }
-static inline void row_axpy(float *restrict o, float x, const float *restrict p, int64_t d) {
+/* o = P^T x for x of w values and P [w, d] (row t of P is the contribution of x[t]); each chunk of 16
+ * columns accumulates in a register (through memory, every multiply-add waited for the previous store) */
+static inline void row_proj(float *restrict o, const float *restrict x, const float *restrict P, int64_t w,
+                            int64_t d) {
     int64_t j = 0;
-    for (; j + CHUNK <= d; j += CHUNK) V(o, j) += x * CV(p, j);
-    for (; j < d; j++) o[j] += x * p[j];
+    for (; j + CHUNK <= d; j += CHUNK) {
+        f32x16 acc = {0};
+        for (int64_t t = 0; t < w; t++) acc += CV(P, t * d + j) * x[t];
+        V(o, j) = acc;
+    }
+    for (; j < d; j++) {
+        float acc = 0.0f;
+        for (int64_t t = 0; t < w; t++) acc += P[t * d + j] * x[t];
+        o[j] = acc;
+    }
 }
 /* int8 -> float through int16 and int32: gcc 12 turns a direct int8 -> float vector conversion into 16
  * scalar conversions */
@@ -141,7 +156,7 @@ static inline void row_deq16(float *restrict o, const int16_t *restrict q, float
     for (; j < d; j++) o[j] = (float)q[j] * s;
 }
 
-int ea_abi_version(void) { return 11; }
+int ea_abi_version(void) { return 13; }
 
 /* rows[i * k + s] = h(ids[i], mseeds[s]) % buckets for n ids and k seeds */
 void ea_hash_rows(const int64_t *restrict ids, int64_t n, const int64_t *restrict mseeds, int64_t k,
@@ -325,11 +340,15 @@ void ea_hash_gather(const int64_t *restrict ids, int64_t n, const int64_t *restr
  *   QUANT8 / QUANT16: out = table[start + id] (int8 / int16 codes) * aux_float32[start + id], the scale
  *                     rows k bytes apart (4, or the packed row size when codes and scale share rows);
  *                     width is the codes' row stride in elements (>= d)
+ *   TT:        TT-Rec (cached hot rows, else the three-core product; see tt_field), aux its int64
+ *              parameters; these fields are embedded after the others, in parallel over the fields
  * Column f of ids is written to column out_cols[f] of out[batch, out_width, d] (the other columns are
  * left alone: their fields are embedded elsewhere).
  * Ids outside [0, n) are counted and their rows left unwritten; returns that count (-1: too many fields
  * or no memory). */
-enum { K_ROWS = 0, K_REMAP = 1, K_QR_MULT = 2, K_QR_ADD = 3, K_PROJ = 4, K_Q8 = 5, K_Q16 = 6 };
+enum { K_ROWS = 0, K_REMAP = 1, K_QR_MULT = 2, K_QR_ADD = 3, K_PROJ = 4, K_Q8 = 5, K_Q16 = 6, K_TT = 7 };
+static int64_t tt_field(const int64_t *restrict P, int64_t num_ids, const int64_t *restrict ids, int64_t id_stride,
+                        int64_t n, float *restrict out, int64_t out_stride, int nthreads);
 #define MAXF 1024
 
 static inline int64_t elem_bytes(int64_t kind) { return kind == K_Q8 ? 1 : kind == K_Q16 ? 2 : 4; }
@@ -342,7 +361,7 @@ static inline void grouped_address(const int64_t *restrict D, int64_t id, const 
     const char *table = (const char *)(intptr_t)D[1];
     const int64_t rb = D[2] * elem_bytes(kind);
     *src = *src2 = 0;
-    if ((uint64_t)id >= (uint64_t)D[7]) return;
+    if ((uint64_t)id >= (uint64_t)D[7] || kind == K_TT) return;
     if (kind == K_REMAP) {
         *src = table + (D[3] + ((const int32_t *)(intptr_t)D[4])[id]) * rb;
     } else if (kind == K_QR_MULT || kind == K_QR_ADD) {
@@ -420,6 +439,7 @@ int64_t ea_grouped_lookup(const int64_t *restrict ids, int64_t batch, int64_t nf
             } else {
                 f++;
             }
+            if (kind == K_TT) continue; /* below */
             if (!s1) {
                 bad++;
                 continue;
@@ -437,13 +457,205 @@ int64_t ea_grouped_lookup(const int64_t *restrict ids, int64_t batch, int64_t nf
             } else if (kind == K_Q16) {
                 row_deq16(o, (const int16_t *)s1, c[0], d);
             } else { /* K_PROJ */
-                const int64_t w = D[2];
-                const float *restrict P = pt + ptoff[fl];
-                for (int64_t j = 0; j < d; j++) o[j] = 0.0f;
-                for (int64_t t = 0; t < w; t++) row_axpy(o, x[t], P + t * d, d);
+                row_proj(o, x, pt + ptoff[fl], D[2], d);
             }
         }
     }
     free(pt);
-    return bad;
+    /* TT fields: one field per thread at a time (each field's ids grouped by its middle core), or the
+     * threads inside the field when it is the only one */
+    int64_t tt[MAXF], ntt = 0;
+    for (int64_t f = 0; f < nf; f++)
+        if (desc[f * 8] == K_TT) tt[ntt++] = f;
+    int fail = 0;
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) if (ntt > 1) reduction(+ : bad) reduction(| : fail)
+    for (int64_t k = 0; k < ntt; k++) {
+        const int64_t f = tt[k];
+        const int64_t r = tt_field((const int64_t *)(intptr_t)desc[f * 8 + 4], desc[f * 8 + 7], ids + f, nf, batch,
+                                   out + out_cols[f] * d, out_width * d, ntt > 1 ? 1 : nthreads);
+        if (r < 0)
+            fail = 1;
+        else
+            bad += r;
+    }
+    return fail ? -1 : bad;
+}
+
+/* TT-Rec serving lookup (see embadvisor.methods.tt_rec), one field: its parameters P[TT_NPARAMS] hold the
+ * addresses of the three cores (float32, slices row-major: G1[i1] is d1 x r, G2[i2] r x d2·r, G3[i3] r x d3),
+ * the factors, and the cache of hot rows (float32 [cache_rows, d]) with its sorted ids (int32 or int64,
+ * id_bytes 4 or 8). Row i of the output is the cached row where the id is cached (when the sorted ids are
+ * 0..cache_rows-1 the slot is the id, else a binary search), else the tensor-train product
+ *   row(x)[(a·d2 + b)·d3 + c] = sum_{p,q} G1[i1][a, p] · G2[i2][p, b·r + q] · G3[i3][q, c]
+ * with i2 = x % n_b, i3 = (x / n_b) % n_c, i1 = x / (n_b·n_c).
+ * Repeated ids are computed once (a small direct-mapped table of seen ids; a collision only costs a
+ * recomputation), and the distinct ids are computed grouped by i2, so each G2 slice (r·d2·r values, the
+ * bulk of the work) is read about once per call. */
+enum { TT_CORE1, TT_CORE2, TT_CORE3, TT_NB, TT_NC, TT_D1, TT_D2, TT_D3, TT_R, TT_CACHE, TT_CACHE_IDS,
+       TT_CACHE_ROWS, TT_ID_BYTES, TT_NPARAMS };
+#define TT_SEEN 4096
+
+static inline int64_t tt_cache_slot(int64_t x, const void *cache_ids, int64_t rows, int64_t id_bytes,
+                                    int64_t prefix) {
+    if (rows <= 0) return -1;
+    if (prefix) return x < rows ? x : -1;
+    int64_t lo = 0, hi = rows; /* first slot with cache_ids[slot] >= x */
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        const int64_t v = id_bytes == 4 ? ((const int32_t *)cache_ids)[mid] : ((const int64_t *)cache_ids)[mid];
+        if (v < x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == rows) return -1;
+    const int64_t v = id_bytes == 4 ? ((const int32_t *)cache_ids)[lo] : ((const int64_t *)cache_ids)[lo];
+    return v == x ? lo : -1;
+}
+
+typedef float f32x4 __attribute__((vector_size(16), aligned(4), may_alias));
+
+/* C[M x N] = A[M x K] @ B[K x N] (row-major, small: TT slices), in register tiles so that independent
+ * multiply-adds overlap: 2 rows x 64 columns (8 vectors of 16), then 4 rows x 16 columns, then 4 rows x 4
+ * columns, then single values. */
+static void gemm_small(float *restrict C, const float *restrict A, const float *restrict B, int64_t M, int64_t N,
+                       int64_t K) {
+    int64_t n0 = 0;
+    for (; n0 + 64 <= N; n0 += 64) {
+        int64_t m = 0;
+        for (; m + 2 <= M; m += 2) {
+            f32x16 c0[4] = {{0}}, c1[4] = {{0}};
+            for (int64_t k = 0; k < K; k++) {
+                const float a0 = A[m * K + k], a1 = A[(m + 1) * K + k];
+                for (int v = 0; v < 4; v++) {
+                    const f32x16 b = CV(B, k * N + n0 + 16 * v);
+                    c0[v] += a0 * b;
+                    c1[v] += a1 * b;
+                }
+            }
+            for (int v = 0; v < 4; v++) {
+                V(C, m * N + n0 + 16 * v) = c0[v];
+                V(C, (m + 1) * N + n0 + 16 * v) = c1[v];
+            }
+        }
+        for (; m < M; m++) {
+            f32x16 c0[4] = {{0}};
+            for (int64_t k = 0; k < K; k++)
+                for (int v = 0; v < 4; v++) c0[v] += A[m * K + k] * CV(B, k * N + n0 + 16 * v);
+            for (int v = 0; v < 4; v++) V(C, m * N + n0 + 16 * v) = c0[v];
+        }
+    }
+    for (; n0 + 16 <= N; n0 += 16)
+        for (int64_t m = 0; m < M; m++) {
+            f32x16 c0 = {0};
+            for (int64_t k = 0; k < K; k++) c0 += A[m * K + k] * CV(B, k * N + n0);
+            V(C, m * N + n0) = c0;
+        }
+    for (; n0 + 4 <= N; n0 += 4) {
+        int64_t m = 0;
+        for (; m + 4 <= M; m += 4) {
+            f32x4 c[4] = {{0}};
+            for (int64_t k = 0; k < K; k++) {
+                const f32x4 b = *(const f32x4 *)(B + k * N + n0);
+                for (int i = 0; i < 4; i++) c[i] += A[(m + i) * K + k] * b;
+            }
+            for (int i = 0; i < 4; i++) *(f32x4 *)(C + (m + i) * N + n0) = c[i];
+        }
+        for (; m < M; m++) {
+            f32x4 c0 = {0};
+            for (int64_t k = 0; k < K; k++) c0 += A[m * K + k] * *(const f32x4 *)(B + k * N + n0);
+            *(f32x4 *)(C + m * N + n0) = c0;
+        }
+    }
+    for (; n0 < N; n0++)
+        for (int64_t m = 0; m < M; m++) {
+            float c0 = 0.0f;
+            for (int64_t k = 0; k < K; k++) c0 += A[m * K + k] * B[k * N + n0];
+            C[m * N + n0] = c0;
+        }
+}
+
+/* T = G1 @ G2 (d1 x r times r x d2·r), then o = T viewed as [d1·d2, r] @ G3 [r, d3] */
+static inline void tt_row(float *restrict o, float *restrict T, const float *restrict g1, const float *restrict g2,
+                          const float *restrict g3, int64_t d1, int64_t d2, int64_t d3, int64_t r) {
+    gemm_small(T, g1, g2, d1, d2 * r, r);
+    gemm_small(o, T, g3, d1 * d2, d3, r);
+}
+
+/* ids[i * id_stride] for i < n -> out + i * out_stride (d floats each); parallel over the i2 groups with
+ * nthreads. Returns the number of ids outside [0, num_ids) (rows left unwritten), -1 without memory. */
+static int64_t tt_field(const int64_t *restrict P, int64_t num_ids, const int64_t *restrict ids, int64_t id_stride,
+                        int64_t n, float *restrict out, int64_t out_stride, int nthreads) {
+    const float *core1 = (const float *)(intptr_t)P[TT_CORE1], *core2 = (const float *)(intptr_t)P[TT_CORE2],
+                *core3 = (const float *)(intptr_t)P[TT_CORE3], *cache = (const float *)(intptr_t)P[TT_CACHE];
+    const void *cache_ids = (const void *)(intptr_t)P[TT_CACHE_IDS];
+    const int64_t n_b = P[TT_NB], n_c = P[TT_NC], d1 = P[TT_D1], d2 = P[TT_D2], d3 = P[TT_D3], r = P[TT_R];
+    const int64_t rows = P[TT_CACHE_ROWS], id_bytes = P[TT_ID_BYTES], d = d1 * d2 * d3;
+    int64_t prefix = 0; /* sorted distinct ids whose last is rows - 1 are 0..rows-1 */
+    if (rows > 0)
+        prefix = (id_bytes == 4 ? ((const int32_t *)cache_ids)[rows - 1] : ((const int64_t *)cache_ids)[rows - 1]) ==
+                 rows - 1;
+    int64_t bad = 0, nu = 0, ndup = 0;
+    /* uniq: positions of the first occurrence of each uncached id; dup: (position, its first occurrence);
+     * cnt: the i2 groups; sorted: uniq grouped by i2; seen: the direct-mapped table (ids, positions) */
+    int64_t *uniq = (int64_t *)malloc((size_t)(4 * n + n_b + 1 + 2 * TT_SEEN) * sizeof(int64_t));
+    if (!uniq) return -1;
+    int64_t *dup = uniq + n, *sorted = uniq + 3 * n, *cnt = uniq + 4 * n, *seen_id = cnt + n_b + 1,
+            *seen_pos = seen_id + TT_SEEN;
+    for (int64_t h = 0; h < TT_SEEN; h++) seen_id[h] = -1;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t x = ids[i * id_stride];
+        if ((uint64_t)x >= (uint64_t)num_ids) {
+            bad++;
+            continue;
+        }
+        const int64_t slot = tt_cache_slot(x, cache_ids, rows, id_bytes, prefix);
+        if (slot >= 0) {
+            row_copy(out + i * out_stride, cache + slot * d, d);
+            continue;
+        }
+        const int64_t h = (int64_t)(fmix64((uint64_t)x) & (TT_SEEN - 1));
+        if (seen_id[h] == x) {
+            dup[2 * ndup] = i;
+            dup[2 * ndup + 1] = seen_pos[h];
+            ndup++;
+        } else {
+            seen_id[h] = x;
+            seen_pos[h] = i;
+            uniq[nu++] = i;
+        }
+    }
+    /* counting sort of the distinct ids by i2; afterwards group b spans [b ? cnt[b - 1] : 0, cnt[b]) */
+    const udiv_t db = udiv_init((uint64_t)n_b), dc = udiv_init((uint64_t)n_c);
+    for (int64_t b = 0; b <= n_b; b++) cnt[b] = 0;
+    for (int64_t u = 0; u < nu; u++) cnt[umod((uint64_t)ids[uniq[u] * id_stride], db) + 1]++;
+    for (int64_t b = 0; b < n_b; b++) cnt[b + 1] += cnt[b];
+    for (int64_t u = 0; u < nu; u++) sorted[cnt[umod((uint64_t)ids[uniq[u] * id_stride], db)]++] = uniq[u];
+    int fail = 0;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1 && nu >= 64) reduction(| : fail)
+    {
+        float *T = (float *)malloc((size_t)(d1 * d2 * r) * sizeof(float));
+        if (!T) fail = 1;
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t b = 0; b < n_b; b++) {
+            if (!T) continue;
+            const float *g2 = core2 + b * r * d2 * r;
+            for (int64_t k = b ? cnt[b - 1] : 0; k < cnt[b]; k++) {
+                const int64_t i = sorted[k];
+                const uint64_t rest = udivq((uint64_t)ids[i * id_stride], db), i1 = udivq(rest, dc),
+                               i3 = rest - i1 * (uint64_t)n_c;
+                tt_row(out + i * out_stride, T, core1 + i1 * d1 * r, g2, core3 + i3 * r * d3, d1, d2, d3, r);
+            }
+        }
+        free(T);
+    }
+    for (int64_t k = 0; k < ndup; k++) row_copy(out + dup[2 * k] * out_stride, out + dup[2 * k + 1] * out_stride, d);
+    free(uniq);
+    return fail ? -1 : bad;
+}
+
+/* One TT field's lookup of n contiguous ids into out [n, d] (see tt_field). */
+int64_t ea_tt_lookup(const int64_t *restrict params, int64_t num_ids, const int64_t *restrict ids, int64_t n,
+                     float *restrict out, int nthreads) {
+    return tt_field(params, num_ids, ids, 1, n, out, params[TT_D1] * params[TT_D2] * params[TT_D3], nthreads);
 }

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 _SOURCE = Path(__file__).with_name("_native.c")
-_ABI = 11
+_ABI = 13
 _lib: ctypes.CDLL | None = None
 _tried = False
 _off = False  # set by disabled()
@@ -109,6 +109,8 @@ def _build() -> ctypes.CDLL | None:
     lib.ea_quant_gather.restype = i64
     lib.ea_grouped_lookup.argtypes = [ptr, i64, i64, ptr, i64, ptr, i64, ptr, cint]
     lib.ea_grouped_lookup.restype = i64
+    lib.ea_tt_lookup.argtypes = [ptr, i64, ptr, i64, ptr, cint]
+    lib.ea_tt_lookup.restype = i64
     return lib
 
 
@@ -213,12 +215,45 @@ def embedding(idx: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def tt_params(cores: Sequence[torch.Tensor], row_factors: Sequence[int], dim_factors: Sequence[int], rank: int,
+              cache: torch.Tensor | None, cache_ids: torch.Tensor | None, num_ids: int) -> FieldKernel:
+    """TT-Rec's serving lookup of ids in ``[0, num_ids)`` as a :class:`FieldKernel` (kind TT): the cores
+    ``[n_a, d1·r]``, ``[n_b, r·d2·r]``, ``[n_c, r·d3]``, and the cache of hot rows with its sorted ids
+    (int32 or int64)."""
+    (_, n_b, n_c), (d1, d2, d3) = row_factors, dim_factors
+    rows = 0 if cache is None or cache_ids is None else cache_ids.shape[0]
+    keep = (cores[0], cores[2]) + ((cache, cache_ids) if rows else ())  # type: ignore[operator]
+    params = torch.tensor([cores[0].data_ptr(), cores[1].data_ptr(), cores[2].data_ptr(), n_b, n_c, d1, d2, d3, rank,
+                           cache.data_ptr() if rows else 0, cache_ids.data_ptr() if rows else 0,  # type: ignore[union-attr]
+                           rows, cache_ids.element_size() if rows else 8], dtype=torch.int64)  # type: ignore[union-attr]
+    return FieldKernel(TT, cores[1], num_ids, aux=params, keep=keep)  # type: ignore[arg-type]
+
+
+def tt_lookup(ids: torch.Tensor, kernel: FieldKernel) -> torch.Tensor | None:
+    """One TT-Rec field's serving lookup (:func:`tt_params`) of ids ``[*S]`` -> float32 ``[*S, d]``; None: use
+    torch. Out-of-range ids (outside ``[0, kernel.num_ids)``) raise IndexError."""
+    num_ids = kernel.num_ids
+    if ids.dtype != torch.int64 or not kernel.usable() or not _usable(ids, kernel.table, *kernel.keep):
+        return None
+    ids = _c(ids)
+    p = kernel.aux
+    out = torch.empty(*ids.shape, int(p[5] * p[6] * p[7]), dtype=torch.float32)  # type: ignore[index]
+    bad = _lib.ea_tt_lookup(p.data_ptr(), num_ids, ids.data_ptr(), ids.numel(), out.data_ptr(),  # type: ignore[union-attr]
+                            torch.get_num_threads())
+    if bad < 0:
+        raise MemoryError("embadvisor: the TT lookup kernel could not allocate its buffers")
+    if bad:
+        raise IndexError(f"index out of range in self: {bad} of {ids.numel()} ids outside [0, {num_ids})")
+    return out
+
+
 # field kinds of grouped_lookup (see _native.c)
-ROWS, REMAP, QR_MULT, QR_ADD, PROJECTED, QUANT8, QUANT16 = range(7)
+ROWS, REMAP, QR_MULT, QR_ADD, PROJECTED, QUANT8, QUANT16, TT = range(8)
 _DTYPES = {ROWS: torch.float32, REMAP: torch.float32, QR_MULT: torch.float32, QR_ADD: torch.float32,
-           PROJECTED: torch.float32, QUANT8: torch.int8, QUANT16: torch.int16}
+           PROJECTED: torch.float32, QUANT8: torch.int8, QUANT16: torch.int16, TT: torch.float32}
 _AUX_DTYPES = {REMAP: torch.int32, QR_MULT: torch.float32, QR_ADD: torch.float32, PROJECTED: torch.float32,
-               QUANT8: torch.float32, QUANT16: torch.float32}
+               QUANT8: torch.float32, QUANT16: torch.float32, TT: torch.int64}
+_TT_PARAMS = 13  # the C side's TT_NPARAMS
 
 
 @dataclass(frozen=True)
@@ -228,8 +263,9 @@ class FieldKernel:
     ``kind`` is one of ROWS (``table[start + id]``), REMAP (``table[start + aux[id]]``, int32 remap),
     QR_MULT / QR_ADD (``table[start + id // k]`` times / plus ``aux[aux_start + id % k]``),
     PROJECTED (``aux @ table[start + id]``, ``aux`` ``[d, width]`` as nn.Linear's weight) or
-    QUANT8 / QUANT16 (int codes ``table[start + id]`` times the float32 row scale ``aux[start + id]``).
-    Ids outside ``[0, num_ids)`` raise IndexError.
+    QUANT8 / QUANT16 (int codes ``table[start + id]`` times the float32 row scale ``aux[start + id]``) or
+    TT (TT-Rec: ``table`` the middle core, ``aux`` the int64 parameters, ``keep`` the other tensors that
+    the parameters address; see :func:`tt_params`). Ids outside ``[0, num_ids)`` raise IndexError.
     """
 
     kind: int
@@ -239,13 +275,17 @@ class FieldKernel:
     aux: torch.Tensor | None = None
     k: int = 0
     aux_start: int = 0
+    keep: tuple[torch.Tensor, ...] = ()
 
     def usable(self) -> bool:
         """Dtypes as the kind needs; rows contiguous (row strides may be wider: packed quantized rows)."""
         t, aux = self.table, self.aux
         ok = t.dtype == _DTYPES[self.kind] and t.dim() == 2 and t.stride(1) == 1 and t.stride(0) >= t.shape[1]
-        if self.kind in (ROWS, REMAP, QR_MULT, QR_ADD, PROJECTED):
+        if self.kind in (ROWS, REMAP, QR_MULT, QR_ADD, PROJECTED, TT):
             ok = ok and t.is_contiguous()
+        if self.kind == TT:  # cores and cache float32, cache ids int32/int64, all contiguous
+            ok = ok and aux is not None and aux.shape == (_TT_PARAMS,) and all(
+                x.is_contiguous() and x.dtype in (torch.float32, torch.int32, torch.int64) for x in self.keep)
         if self.kind in _AUX_DTYPES:
             ok = ok and aux is not None and aux.dtype == _AUX_DTYPES[self.kind]
             ok = ok and (aux.dim() == 1 if self.kind in (QUANT8, QUANT16, REMAP) else aux.is_contiguous())  # type: ignore[union-attr]
@@ -294,7 +334,7 @@ class LookupPlan:
         dtypes or devices, tensors that need autograd, no C compiler)."""
         if not 0 < len(fields) <= 1024 or any(fk is None or not fk.usable() for fk in fields):
             return None
-        tensors = [t for fk in fields for t in (fk.table, fk.aux) if t is not None]  # type: ignore[union-attr]
+        tensors = [t for fk in fields for t in (fk.table, fk.aux, *fk.keep) if t is not None]  # type: ignore[union-attr]
         if not _usable(*tensors):
             return None
         return cls(fields, dim)  # type: ignore[arg-type]
@@ -317,7 +357,7 @@ class LookupPlan:
                                      self.desc.data_ptr(), self.dim, out.data_ptr(), out.shape[1], cols.data_ptr(),
                                      torch.get_num_threads())
         if bad < 0:
-            raise MemoryError("embadvisor: the grouped lookup kernel could not allocate its projection buffer")
+            raise MemoryError("embadvisor: the grouped lookup kernel could not allocate its buffers")
         if bad:
             raise IndexError(f"index out of range in self: {bad} ids outside their field's [0, n)")
         return out

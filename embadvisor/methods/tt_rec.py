@@ -65,6 +65,7 @@ from optuna.distributions import IntDistribution
 from torch import nn
 
 from embadvisor._constraints import Interval
+from embadvisor.methods import _native
 from embadvisor.methods._base import (
     CompressedEmbedding,
     MethodConfig,
@@ -159,7 +160,6 @@ class TTRecEmbedding(CompressedEmbedding):
             for core in (self.core1, self.core2, self.core3):
                 nn.init.trunc_normal_(core, std=std, a=-2.0 * std, b=2.0 * std)
         c = self.num_cached = config.cache_rows
-        self.cache_is_prefix = True  # cached ids are 0..c-1 (id order = frequency order) until prepare()
         if c:
             self.cache = nn.Embedding(c, table.embedding_dim, sparse=True, **self._factory)
             self.register_buffer("cache_ids", torch.empty(c, dtype=torch.int64, device=device).to(
@@ -176,9 +176,18 @@ class TTRecEmbedding(CompressedEmbedding):
             return
         hot = np.sort(frequency_order(frequencies, self.num_embeddings)[: self.num_cached])
         self.cache_ids.copy_(torch.from_numpy(hot))
-        self.cache_is_prefix = int(hot[-1]) == self.num_cached - 1
+
+    @property
+    def cache_is_prefix(self) -> bool:
+        """Whether the cached ids are ``0..c-1`` (id order = frequency order): the slot is then the id.
+        Read from the (sorted, distinct) buffer, so it holds after ``load_state_dict`` too."""
+        return bool(self.num_cached) and int(self.cache_ids[-1]) == self.num_cached - 1
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if not (torch.is_grad_enabled() and self.core2.requires_grad):  # serving, evaluation: the C kernel
+            fast = _native.tt_lookup(ids, self.field_kernel())
+            if fast is not None:
+                return fast
         if not self.num_cached:
             return self._tt(ids)
         flat = ids.reshape(-1)
@@ -196,6 +205,11 @@ class TTRecEmbedding(CompressedEmbedding):
         out = cached.new_empty((flat.numel(), self.embedding_dim)).index_copy(0, hit_at, cached)
         out = out.index_copy(0, miss_at, self._tt(flat.index_select(0, miss_at)))
         return out.view(*ids.shape, self.embedding_dim)
+
+    def field_kernel(self) -> _native.FieldKernel | None:
+        return _native.tt_params((self.core1, self.core2, self.core3), self.row_factors, self.dim_factors, self.rank,
+                                 self.cache.weight if self.num_cached else None,
+                                 self.cache_ids if self.num_cached else None, self.num_embeddings)
 
     def _tt(self, ids: torch.Tensor) -> torch.Tensor:
         d, r = self.embedding_dim, self.rank

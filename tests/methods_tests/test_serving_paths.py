@@ -136,7 +136,7 @@ def test_collection_serving_gives_the_reference_values(method: str) -> None:
     torch.testing.assert_close(multi, ref[:, 2].reshape(8, 8, -1), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["full", "qr", "mde", "adapt", "int8", "int16", "alpt"])
+@pytest.mark.parametrize("method", ["full", "qr", "mde", "adapt", "int8", "int16", "alpt", "tt_rec"])
 def test_per_field_serving_uses_one_kernel_pass_where_every_field_has_one(method: str) -> None:
     _, served = _per_field_pair(method)
     kernels = [m.field_kernel() for m in served.tables]
@@ -188,7 +188,7 @@ def test_quantized_rows_pack_codes_and_scale_in_one_row_with_the_same_bytes(dtyp
 
 @pytest.mark.parametrize("d", [8, 16, 40])  # below, at and off the kernels' 16-column vector chunks
 @pytest.mark.parametrize("layout", ["global", "per_field"])
-@pytest.mark.parametrize("method", ["full", "hash", "qr", "robe", "mde", "adapt", "int8", "int16", "alpt"])
+@pytest.mark.parametrize("method", ["full", "hash", "qr", "robe", "mde", "adapt", "int8", "int16", "alpt", "tt_rec"])
 def test_large_batches_on_two_threads_give_the_reference_values(method: str, layout: str, d: int) -> None:
     """Batches above the kernels' one-thread limit (16384 lookups) split over two threads, each with its own
     prefetch pipeline: every row must still land in its place."""
