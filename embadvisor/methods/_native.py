@@ -102,8 +102,9 @@ def _build() -> ctypes.CDLL | None:
     lib.ea_robe_gather.argtypes = [ptr, i64, ptr, i64, ptr, i64, ptr, cint]
     lib.ea_hash_gather.argtypes = [ptr, i64, ptr, i64, i64, ptr, i64, ptr, cint]
     lib.ea_gather.argtypes = [ptr, i64, ptr, i64, i64, ptr, cint]
-    for f in (lib.ea_hash_rows, lib.ea_robe_gather, lib.ea_hash_gather):
+    for f in (lib.ea_hash_rows, lib.ea_robe_gather):
         f.restype = None
+    lib.ea_hash_gather.restype = i64
     lib.ea_gather.restype = i64
     lib.ea_quant_gather.argtypes = [ptr, i64, ptr, i64, i64, ptr, i64, i64, i64, ptr, cint]
     lib.ea_quant_gather.restype = i64
@@ -189,8 +190,9 @@ def hash_gather(ids: torch.Tensor, mixed_seeds: torch.Tensor, table: torch.Tenso
         return None  # the kernel sums at most 4 hashes (hash's num_hashes allows 1-4)
     ids, seeds, table = _c(ids), _c(mixed_seeds.reshape(-1)), _c(table)
     out = torch.empty(*ids.shape, table.shape[1], dtype=torch.float32)
-    _lib.ea_hash_gather(ids.data_ptr(), ids.numel(), seeds.data_ptr(), seeds.numel(), table.shape[0],  # type: ignore[union-attr]
-                        table.data_ptr(), table.shape[1], out.data_ptr(), torch.get_num_threads())
+    if _lib.ea_hash_gather(ids.data_ptr(), ids.numel(), seeds.data_ptr(), seeds.numel(), table.shape[0],  # type: ignore[union-attr]
+                           table.data_ptr(), table.shape[1], out.data_ptr(), torch.get_num_threads()) < 0:
+        raise MemoryError("embadvisor: the hash lookup kernel could not allocate its buffer")
     return out
 
 

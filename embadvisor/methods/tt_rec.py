@@ -206,7 +206,7 @@ class TTRecEmbedding(CompressedEmbedding):
         out = out.index_copy(0, miss_at, self._tt(flat.index_select(0, miss_at)))
         return out.view(*ids.shape, self.embedding_dim)
 
-    def field_kernel(self) -> _native.FieldKernel | None:
+    def field_kernel(self) -> _native.FieldKernel:
         return _native.tt_params((self.core1, self.core2, self.core3), self.row_factors, self.dim_factors, self.rank,
                                  self.cache.weight if self.num_cached else None,
                                  self.cache_ids if self.num_cached else None, self.num_embeddings)

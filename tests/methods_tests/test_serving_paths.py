@@ -216,3 +216,68 @@ def test_large_batches_on_two_threads_give_the_reference_values(method: str, lay
     finally:
         torch.set_num_threads(threads)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("d", [7, 16, 40])
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_hash_serving_sums_k_hashed_rows_as_the_reference(k: int, d: int) -> None:
+    from embadvisor.methods.hash import HashConfig
+
+    torch.manual_seed(0)
+    mod = HashConfig(num_buckets=997, num_hashes=k, seed=3).build(TableSpec("t", 10**6, d)).eval()
+    ids = _ids(20000).view(-1, 2)  # above the one-thread limit: two threads, each its own share
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            fast = mod(ids)
+            with _native.disabled():
+                ref = mod(ids)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(fast, ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("cached", ["none", "prefix", "sorted ids"])
+@pytest.mark.parametrize("rank,d", [(1, 16), (3, 12), (8, 16), (32, 16), (33, 64), (5, 7)])
+def test_tt_serving_kernel_equals_the_torch_path(rank: int, d: int, cached: str) -> None:
+    """TT-Rec's C lookup (cache hits, repeated ids, ids grouped by the middle core) equals the torch path."""
+    from embadvisor.methods.tt_rec import TTRecConfig
+
+    n = 100_003
+    torch.manual_seed(0)
+    mod = TTRecConfig(rank=rank, cache_rows=0 if cached == "none" else 50).build(TableSpec("t", n, d)).eval()
+    if cached == "sorted ids":
+        mod.cache_ids.copy_(torch.sort(torch.randperm(n)[:50]).values)
+    assert mod.cache_is_prefix == (cached == "prefix")
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, n, (3000, 3), generator=g)
+    ids[:100] = 7  # a hot uncached id, computed once
+    ids[100:110] = n - 1
+    if cached == "sorted ids":
+        ids[200:300, 0] = mod.cache_ids.long().repeat(2)  # cache hits found by binary search
+    with torch.no_grad():
+        fast = mod(ids)
+        with _native.disabled():
+            ref = mod(ids)
+        assert _native.tt_lookup(ids, mod.field_kernel()) is not None  # the kernel ran
+        with pytest.raises(IndexError, match="out of range"):
+            mod(torch.tensor([0, n]))
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_tt_cache_prefix_is_read_from_the_buffer_after_load_state_dict() -> None:
+    """The prefix shortcut (slot = id) must follow the cached ids a state dict brings, not the constructor's."""
+    from embadvisor.methods.tt_rec import TTRecConfig
+
+    torch.manual_seed(0)
+    cfg, table = TTRecConfig(rank=4, cache_rows=20), TableSpec("t", 5000, 16)
+    trained = cfg.build(table)
+    trained.prepare(np.random.default_rng(0).integers(1, 1000, 5000))  # hot ids are not 0..19
+    fresh = cfg.build(table)
+    assert fresh.cache_is_prefix
+    fresh.load_state_dict(trained.state_dict())
+    assert not fresh.cache_is_prefix
+    ids = trained.cache_ids.long()[:10]
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(ids), trained.cache.weight[:10])
