@@ -14,15 +14,21 @@ TorchRec's grouped tables) and one table per field. Each method is judged agains
 method's own layout (per-field methods against per-field full: the ratio is the cost of the
 compression, not of the layout), and its ratio to the default full is printed beside it.
 
-Targets apply to both ratios (training step and lookup). On a machine that drifts between processes,
+Targets apply to both ratios (training step and lookup). They are judged on a paired measurement: after
+its own measurement (and its peak RSS), each method's process builds full in the same layout next to a
+fresh build of the method and times the two interleaved (training: one step of each per batch, in
+alternating order; lookups: blocks of PAIR_BLOCK batches, the order alternating by block, the first
+lookup of a block not timed), and the ratio is the median of the per-batch ratios. This machine drifts
+2-3x between processes, so a ratio of two processes can be off by that much; the ratios of separate
+processes are printed beside it. ``--no-paired`` skips the paired run (and judges the separate ones).
 ``--rounds N`` repeats the whole measurement N times, full included, and reports the median of the
-per-round ratios (each method against its own round's full run) with their range.
+per-round ratios with their range.
 
 ``--ids shuffled`` maps each frequency rank to a fixed random id (data whose ids say nothing about
 frequency); the default gives rank r the id r, so full's hot rows share cache lines.
 
 Usage: python benchmarks/method_speed.py [--reps 7] [--threads 2] [--methods a,b] [--budgets 0.5,0.1,0.01] [--rounds 1]
-       [--ids sorted|shuffled]
+       [--ids sorted|shuffled] [--no-paired]
 """
 
 from __future__ import annotations

@@ -30,6 +30,11 @@ with its ``G3`` slice. Cost: ``d1·d2·r^2`` multiply-adds per distinct pair plu
 distinct id. (The dense core gradients, up to the cores' size, are not counted in the training
 memory, as for every method's gradients.)
 
+Serving (no autograd): one C pass (``_native.tt_lookup``; in the per-field layout a field of the one-call
+lookup of all fields): cached ids copy their row, every other distinct id is computed once, grouped by
+``i2`` so that each ``G2`` slice is read about once, with register-tiled products; the same values as
+the torch path above (tested).
+
 Hot-row cache (TT-Rec's cache of frequently used rows, here static): the ``cache_rows`` most
 frequent ids get an exclusive full-precision row (an ``nn.Embedding`` with sparse gradients) and
 never touch the cores; their ids are kept sorted in an integer buffer (``int32`` below 2^31 rows).
