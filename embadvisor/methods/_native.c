@@ -86,6 +86,28 @@ static inline uint64_t udivq(uint64_t n, udiv_t v) {
 
 static inline uint64_t umod(uint64_t n, udiv_t v) { return n - udivq(n, v) * v.d; }
 
+/* mulhi(a, b) = the high 64 bits of a·b from four 32 x 32 -> 64-bit products (exact; unlike the 128-bit
+ * multiply this vectorises: 8 ids per AVX-512 instruction) */
+#define M32 0xFFFFFFFFULL
+static inline uint64_t mulhi_split(uint64_t a, uint64_t b) {
+    const uint64_t al = a & M32, ah = a >> 32, bl = b & M32, bh = b >> 32;
+    const uint64_t ll = al * bl, hl = ah * bl, lh = al * bh, hh = ah * bh;
+    const uint64_t cross = (ll >> 32) + (hl & M32) + lh; /* < 2^64 */
+    return hh + (hl >> 32) + (cross >> 32);
+}
+
+/* out[i * ostride] = h(ids[i], seed) % b.d * mult for n ids, in a loop the compiler vectorises (the same
+ * values as umod(fmix64(...)) above: the division is the same, only the multiply is split) */
+static void hash_mod(const int64_t *restrict ids, int64_t n, uint64_t seed, udiv_t b, int64_t mult,
+                     int64_t *restrict out, int64_t ostride) {
+    const uint64_t m = b.m, dd = b.d;
+    const int sh1 = b.sh1, sh2 = b.sh2;
+    for (int64_t i = 0; i < n; i++) {
+        const uint64_t h = fmix64((uint64_t)ids[i] ^ seed) & MASK63, t = mulhi_split(m, h);
+        out[i * ostride] = (int64_t)(h - ((t + ((h - t) >> sh1)) >> sh2) * dd) * mult;
+    }
+}
+
 /* Row arithmetic in chunks of 16 columns with GCC/clang vector types (one 16-lane operation per chunk
  * with AVX-512, four with SSE), then the remaining columns one by one. Plain loops over a run-time d were
  * vectorised for 64 int8 lanes (or peeled) and so ran scalar for the usual d = 16. The types allow
@@ -156,22 +178,18 @@ static inline void row_deq16(float *restrict o, const int16_t *restrict q, float
     for (; j < d; j++) o[j] = (float)q[j] * s;
 }
 
-int ea_abi_version(void) { return 13; }
+int ea_abi_version(void) { return 14; }
 
 /* rows[i * k + s] = h(ids[i], mseeds[s]) % buckets for n ids and k seeds */
 void ea_hash_rows(const int64_t *restrict ids, int64_t n, const int64_t *restrict mseeds, int64_t k,
                   int64_t buckets, int64_t *restrict rows, int nthreads) {
     const udiv_t b = udiv_init((uint64_t)buckets);
-    if (k == 1) {
-        const uint64_t s = (uint64_t)mseeds[0];
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (n >= GRAIN)
-        for (int64_t i = 0; i < n; i++) rows[i] = (int64_t)umod(fmix64((uint64_t)ids[i] ^ s) & MASK63, b);
-        return;
+#pragma omp parallel num_threads(nthreads) if (n >= GRAIN)
+    {
+        int64_t lo, hi;
+        thread_range(n, &lo, &hi);
+        for (int64_t s = 0; s < k; s++) hash_mod(ids + lo, hi - lo, (uint64_t)mseeds[s], b, 1, rows + lo * k + s, k);
     }
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (n >= GRAIN)
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t s = 0; s < k; s++)
-            rows[i * k + s] = (int64_t)umod(fmix64((uint64_t)ids[i] ^ (uint64_t)mseeds[s]) & MASK63, b);
 }
 
 /* sign_lut[b][t]: bit 31 set where bit t of the byte b is set (XOR flips a float32's sign) */
@@ -220,46 +238,54 @@ static inline void flip_signs(uint32_t *restrict o, uint64_t x, const int64_t *r
 /* ROBE-Z (Z = 1) lookup of n ids from the circular float32 array a[m]: out[i, j] is
  * a[(h(x_i) + j) mod m] with its sign flipped where bit (j % 62) of fmix64(x_i ^ mseeds[1 + j / 62]) is
  * set; h uses mseeds[0]. */
-void ea_robe_gather(const int64_t *restrict ids, int64_t n, const int64_t *restrict mseeds, int64_t m,
-                    const uint32_t *restrict a, int64_t d, uint32_t *restrict out, int nthreads) {
+int64_t ea_robe_gather(const int64_t *restrict ids, int64_t n, const int64_t *restrict mseeds, int64_t m,
+                       const uint32_t *restrict a, int64_t d, uint32_t *restrict out, int nthreads) {
     init_sign_lut();
     const udiv_t mm = udiv_init((uint64_t)m);
-    const uint64_t seed = (uint64_t)mseeds[0];
-#pragma omp parallel num_threads(nthreads) if (n >= GRAIN)
+    int fail = 0;
+#pragma omp parallel num_threads(nthreads) if (n >= GRAIN) reduction(| : fail)
     {
-        int64_t lo, hi, ring[DIST];
+        int64_t lo, hi;
         thread_range(n, &lo, &hi);
-        for (int64_t i = lo; i < hi + DIST; i++) {
-            const int64_t k = i - DIST; /* the lookup copied now (its slot is then reused for lookup i) */
-            if (k >= lo) {
-                uint32_t *restrict o = out + k * d;
-                const int64_t st = ring[k & RMASK];
-                if (st + d <= m && d <= 62) { /* the block in one piece, one sign word: one pass */
-                    copy_flip(o, a + st, fmix64((uint64_t)ids[k] ^ (uint64_t)mseeds[1]), d);
-                } else {
-                    if (st + d <= m) {
-                        row_copy((float *)o, (const float *)(a + st), d);
-                    } else { /* the block wraps around the array */
-                        int64_t pos = st;
-                        for (int64_t j = 0; j < d; j++) {
-                            o[j] = a[pos];
-                            if (++pos == m) pos = 0;
-                        }
-                    }
-                    if (d <= 62)
-                        flip_bits(o, fmix64((uint64_t)ids[k] ^ (uint64_t)mseeds[1]), d);
-                    else
-                        flip_signs(o, (uint64_t)ids[k], mseeds + 1, d);
+        const int64_t cnt = hi - lo;
+        /* two passes, as in ea_hash_gather: the block starts and sign words of this share, then the copies */
+        int64_t *st = (int64_t *)malloc((size_t)(2 * cnt + 1) * sizeof(int64_t));
+        if (!st) {
+            fail = 1;
+        } else {
+            uint64_t *sg = (uint64_t *)(st + cnt);
+            hash_mod(ids + lo, cnt, (uint64_t)mseeds[0], mm, 1, st, 1);
+            if (d <= 62) {
+                const uint64_t s1 = (uint64_t)mseeds[1];
+                for (int64_t i = 0; i < cnt; i++) sg[i] = fmix64((uint64_t)ids[lo + i] ^ s1); /* vectorises */
+            }
+            for (int64_t i = 0; i < cnt && i < DIST; i++) prefetch_row(a + st[i], d * 4);
+            for (int64_t k = 0; k < cnt; k++) {
+                if (k + DIST < cnt) prefetch_row(a + st[k + DIST], d * 4);
+                uint32_t *restrict o = out + (lo + k) * d;
+                const int64_t s0 = st[k];
+                if (s0 + d <= m && d <= 62) { /* the block in one piece, one sign word: one pass */
+                    copy_flip(o, a + s0, sg[k], d);
+                    continue;
                 }
+                if (s0 + d <= m) {
+                    row_copy((float *)o, (const float *)(a + s0), d);
+                } else { /* the block wraps around the array */
+                    int64_t pos = s0;
+                    for (int64_t j = 0; j < d; j++) {
+                        o[j] = a[pos];
+                        if (++pos == m) pos = 0;
+                    }
+                }
+                if (d <= 62)
+                    flip_bits(o, sg[k], d);
+                else
+                    flip_signs(o, (uint64_t)ids[lo + k], mseeds + 1, d);
             }
-            if (i < hi) { /* address and prefetch lookup i, copied DIST lookups later */
-                const int64_t st = (int64_t)umod(fmix64((uint64_t)ids[i] ^ seed) & MASK63, mm);
-                ring[i & RMASK] = st;
-                __builtin_prefetch(a + st);
-                __builtin_prefetch(a + st + d - 1);
-            }
+            free(st);
         }
     }
+    return fail ? -1 : 0;
 }
 
 /* out[i] = table[idx[i]] for n row indices into a table of `rows` rows of row_bytes bytes (any dtype).
@@ -341,11 +367,7 @@ int64_t ea_hash_gather(const int64_t *restrict ids, int64_t n, const int64_t *re
         if (!st) {
             fail = 1;
         } else {
-            for (int64_t s = 0; s < k; s++) {
-                const uint64_t seed = (uint64_t)mseeds[s];
-                for (int64_t i = lo; i < hi; i++)
-                    st[(i - lo) + s * (hi - lo)] = (int64_t)umod(fmix64((uint64_t)ids[i] ^ seed) & MASK63, b) * d;
-            }
+            for (int64_t s = 0; s < k; s++) hash_mod(ids + lo, hi - lo, (uint64_t)mseeds[s], b, d, st + s * (hi - lo), 1);
             const int64_t m = hi - lo;
             for (int64_t i = 0; i < m && i < DIST; i++)
                 for (int64_t s = 0; s < k; s++) prefetch_row(table + st[i + s * m], d * 4);

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 _SOURCE = Path(__file__).with_name("_native.c")
-_ABI = 13
+_ABI = 14
 _lib: ctypes.CDLL | None = None
 _tried = False
 _off = False  # set by disabled()
@@ -102,8 +102,8 @@ def _build() -> ctypes.CDLL | None:
     lib.ea_robe_gather.argtypes = [ptr, i64, ptr, i64, ptr, i64, ptr, cint]
     lib.ea_hash_gather.argtypes = [ptr, i64, ptr, i64, i64, ptr, i64, ptr, cint]
     lib.ea_gather.argtypes = [ptr, i64, ptr, i64, i64, ptr, cint]
-    for f in (lib.ea_hash_rows, lib.ea_robe_gather):
-        f.restype = None
+    lib.ea_hash_rows.restype = None
+    lib.ea_robe_gather.restype = i64
     lib.ea_hash_gather.restype = i64
     lib.ea_gather.restype = i64
     lib.ea_quant_gather.argtypes = [ptr, i64, ptr, i64, i64, ptr, i64, i64, i64, ptr, cint]
@@ -178,8 +178,9 @@ def robe_gather(ids: torch.Tensor, mixed_seeds: torch.Tensor, array: torch.Tenso
         return None
     ids, seeds, flat = _c(ids), _c(mixed_seeds.reshape(-1)), _c(array).reshape(-1)
     out = torch.empty(*ids.shape, dim, dtype=torch.float32)
-    _lib.ea_robe_gather(ids.data_ptr(), ids.numel(), seeds.data_ptr(), flat.numel(),  # type: ignore[union-attr]
-                        flat.data_ptr(), dim, out.data_ptr(), torch.get_num_threads())
+    if _lib.ea_robe_gather(ids.data_ptr(), ids.numel(), seeds.data_ptr(), flat.numel(),  # type: ignore[union-attr]
+                           flat.data_ptr(), dim, out.data_ptr(), torch.get_num_threads()) < 0:
+        raise MemoryError("embadvisor: the ROBE lookup kernel could not allocate its buffer")
     return out
 
 
