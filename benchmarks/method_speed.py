@@ -197,7 +197,7 @@ def _paired(plan, tables, counts, batches, lookup_batches) -> dict:
         emb.on_epoch_end(0, stage)
         stage_r.append(statistics.median(ratios[2:]))
     served, full_served = emb.export(), full.export()
-    lookup_r = []
+    lookup_r, lookup_m, lookup_f = [], [], []
     for k in range(0, len(lookup_batches), PAIR_BLOCK):
         block = lookup_batches[k : k + PAIR_BLOCK]
         first, second = (served, full_served) if (k // PAIR_BLOCK) % 2 == 0 else (full_served, served)
@@ -205,9 +205,15 @@ def _paired(plan, tables, counts, batches, lookup_batches) -> dict:
         t2 = [_lookup(second, ids) for ids in block][1:]
         tm, tf = (t1, t2) if first is served else (t2, t1)
         lookup_r += [a / b for a, b in zip(tm, tf, strict=True)]
+        lookup_m += tm
+        lookup_f += tf
     return {
         "paired_train": sum(stage_r) / len(stage_r),
         "paired_lookup": statistics.median(lookup_r),
+        # the absolute medians (ms) and full's huge-page bytes: a paired ratio far from the separate one is
+        # then explainable (e.g. full's tables without huge pages in this process)
+        "paired_lookup_ms": (statistics.median(lookup_m) * 1000, statistics.median(lookup_f) * 1000),
+        "paired_huge_page_bytes": _huge_page_bytes(),
     }
 
 
