@@ -155,6 +155,15 @@ def _c(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
+def _check(bad: int, kernel: str, total: int, bounds: str) -> None:
+    """A kernel's return value: < 0 it could not allocate, > 0 that many ids were out of range (IndexError,
+    as ``nn.Embedding`` raises)."""
+    if bad < 0:
+        raise MemoryError(f"embadvisor: the {kernel} kernel could not allocate its buffers")
+    if bad:
+        raise IndexError(f"index out of range in self: {bad} of {total} ids outside {bounds}")
+
+
 def hash_rows(ids: torch.Tensor, mixed_seeds: torch.Tensor, buckets: int) -> torch.Tensor | None:
     """``(fmix64(id ^ s) & (2**63-1)) % buckets`` for every id and mixed seed: ``[*S] -> [*S, k]``.
 
@@ -178,9 +187,8 @@ def robe_gather(ids: torch.Tensor, mixed_seeds: torch.Tensor, array: torch.Tenso
         return None
     ids, seeds, flat = _c(ids), _c(mixed_seeds.reshape(-1)), _c(array).reshape(-1)
     out = torch.empty(*ids.shape, dim, dtype=torch.float32)
-    if _lib.ea_robe_gather(ids.data_ptr(), ids.numel(), seeds.data_ptr(), flat.numel(),  # type: ignore[union-attr]
-                           flat.data_ptr(), dim, out.data_ptr(), torch.get_num_threads()) < 0:
-        raise MemoryError("embadvisor: the ROBE lookup kernel could not allocate its buffer")
+    _check(_lib.ea_robe_gather(ids.data_ptr(), ids.numel(), seeds.data_ptr(), flat.numel(),  # type: ignore[union-attr]
+                               flat.data_ptr(), dim, out.data_ptr(), torch.get_num_threads()), "ROBE lookup", 0, "")
     return out
 
 
@@ -191,9 +199,9 @@ def hash_gather(ids: torch.Tensor, mixed_seeds: torch.Tensor, table: torch.Tenso
         return None  # the kernel sums at most 4 hashes (hash's num_hashes allows 1-4)
     ids, seeds, table = _c(ids), _c(mixed_seeds.reshape(-1)), _c(table)
     out = torch.empty(*ids.shape, table.shape[1], dtype=torch.float32)
-    if _lib.ea_hash_gather(ids.data_ptr(), ids.numel(), seeds.data_ptr(), seeds.numel(), table.shape[0],  # type: ignore[union-attr]
-                           table.data_ptr(), table.shape[1], out.data_ptr(), torch.get_num_threads()) < 0:
-        raise MemoryError("embadvisor: the hash lookup kernel could not allocate its buffer")
+    _check(_lib.ea_hash_gather(ids.data_ptr(), ids.numel(), seeds.data_ptr(), seeds.numel(), table.shape[0],  # type: ignore[union-attr]
+                               table.data_ptr(), table.shape[1], out.data_ptr(), torch.get_num_threads()),
+           "hash lookup", 0, "")
     return out
 
 
@@ -213,8 +221,7 @@ def embedding(idx: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     out = torch.empty(*idx.shape, table.shape[1], dtype=table.dtype)
     bad = _lib.ea_gather(idx.data_ptr(), idx.numel(), table.data_ptr(), table.shape[0],  # type: ignore[union-attr]
                          table.shape[1] * table.element_size(), out.data_ptr(), torch.get_num_threads())
-    if bad:
-        raise IndexError(f"index out of range in self: {bad} of {idx.numel()} ids outside [0, {table.shape[0]})")
+    _check(bad, "row gather", idx.numel(), f"[0, {table.shape[0]})")
     return out
 
 
@@ -243,10 +250,7 @@ def tt_lookup(ids: torch.Tensor, kernel: FieldKernel) -> torch.Tensor | None:
     out = torch.empty(*ids.shape, int(p[5] * p[6] * p[7]), dtype=torch.float32)  # type: ignore[index]
     bad = _lib.ea_tt_lookup(p.data_ptr(), num_ids, ids.data_ptr(), ids.numel(), out.data_ptr(),  # type: ignore[union-attr]
                             torch.get_num_threads())
-    if bad < 0:
-        raise MemoryError("embadvisor: the TT lookup kernel could not allocate its buffers")
-    if bad:
-        raise IndexError(f"index out of range in self: {bad} of {ids.numel()} ids outside [0, {num_ids})")
+    _check(bad, "TT lookup", ids.numel(), f"[0, {num_ids})")
     return out
 
 
@@ -309,8 +313,7 @@ def quant_gather(idx: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) ->
     bad = _lib.ea_quant_gather(idx.data_ptr(), idx.numel(), codes.data_ptr(), codes.stride(0) * es, es,  # type: ignore[union-attr]
                                scale.data_ptr(), scale.stride(0) * 4, codes.shape[0], d, out.data_ptr(),
                                torch.get_num_threads())
-    if bad:
-        raise IndexError(f"index out of range in self: {bad} of {idx.numel()} ids outside [0, {codes.shape[0]})")
+    _check(bad, "quantized row gather", idx.numel(), f"[0, {codes.shape[0]})")
     return out
 
 
@@ -359,10 +362,7 @@ class LookupPlan:
         bad = _lib.ea_grouped_lookup(ids.data_ptr(), ids.shape[0], len(self.fields),  # type: ignore[union-attr]
                                      self.desc.data_ptr(), self.dim, out.data_ptr(), out.shape[1], cols.data_ptr(),
                                      torch.get_num_threads())
-        if bad < 0:
-            raise MemoryError("embadvisor: the grouped lookup kernel could not allocate its buffers")
-        if bad:
-            raise IndexError(f"index out of range in self: {bad} ids outside their field's [0, n)")
+        _check(bad, "grouped lookup", ids.numel(), "their field's [0, n)")
         return out
 
 

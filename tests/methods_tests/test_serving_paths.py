@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -20,6 +22,17 @@ from embadvisor.methods.robe import ROBEConfig
 from embadvisor.profiles.schema import TableSpec
 
 HAVE_CC = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """torch (and so the C kernels) on n threads, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _ids(n: int = 5000) -> torch.Tensor:
@@ -206,15 +219,10 @@ def test_large_batches_on_two_threads_give_the_reference_values(method: str, lay
     served = emb.export()
     g = torch.Generator().manual_seed(5)
     ids = torch.stack([torch.randint(0, t.num_embeddings, (5003,), generator=g) for t in tables], 1)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with torch.no_grad():
-            out = served(ids)
-            with _native.disabled():
-                ref = served(ids)
-    finally:
-        torch.set_num_threads(threads)
+    with _threads(2), torch.no_grad():
+        out = served(ids)
+        with _native.disabled():
+            ref = served(ids)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
 
 
@@ -226,15 +234,10 @@ def test_hash_serving_sums_k_hashed_rows_as_the_reference(k: int, d: int) -> Non
     torch.manual_seed(0)
     mod = HashConfig(num_buckets=997, num_hashes=k, seed=3).build(TableSpec("t", 10**6, d)).eval()
     ids = _ids(20000).view(-1, 2)  # above the one-thread limit: two threads, each its own share
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with torch.no_grad():
-            fast = mod(ids)
-            with _native.disabled():
-                ref = mod(ids)
-    finally:
-        torch.set_num_threads(threads)
+    with _threads(2), torch.no_grad():
+        fast = mod(ids)
+        with _native.disabled():
+            ref = mod(ids)
     torch.testing.assert_close(fast, ref, rtol=1e-6, atol=1e-7)
 
 
