@@ -2,11 +2,12 @@
  *
  * Each kernel does in one pass over the ids what the torch code does in several, with the same values
  * (the tests compare them): seeded hash rows, the hashing trick's and ROBE's serving lookups, a
- * prefetching row gather, and one grouped lookup over per-field descriptors. The seeded hash is
+ * prefetching row gather, quantized rows, TT-Rec, and one grouped lookup over per-field descriptors.
+ * The seeded hash is
  *   h(x, s) = (fmix64(x ^ s) & (2^63 - 1)) % buckets      (murmur3's fmix64 on uint64)
  * where s is the already-mixed seed mix64(seed * golden) computed by the caller; the modulo is an
- * exact multiply-high division by the invariant bucket count. Row addresses are computed and
- * prefetched for a block of ids before the rows are copied, so the cache misses overlap.
+ * exact multiply-high division by the invariant bucket count. Each row is prefetched DIST lookups before
+ * it is copied, so the cache misses overlap.
  *
  * Parallel with OpenMP, built against the libgomp that torch has already loaded (same soname), so
  * the kernels run on torch's own worker threads: threads of our own competing with torch's spinning
@@ -26,9 +27,8 @@
 /* Prefetch distance in lookups: while lookup i is copied, the row of lookup i + DIST is addressed and
  * prefetched, so about DIST cache misses are always in flight. (Prefetching a block of 32 rows and then
  * copying them, as before, left the first rows' latency exposed in every block: the plain gather took
- * 1.9x as long.) A power of two: addresses wait in ring buffers of DIST entries. */
+ * 1.9x as long.) */
 #define DIST 64
-#define RMASK (DIST - 1)
 
 /* this thread's contiguous share [lo, hi) of n items (the whole range without OpenMP) */
 static inline void thread_range(int64_t n, int64_t *lo, int64_t *hi) {
@@ -404,8 +404,6 @@ static int64_t tt_field(const int64_t *restrict P, int64_t num_ids, const int64_
                         int64_t n, float *restrict out, int64_t out_stride, int nthreads);
 #define MAXF 1024
 
-static inline int64_t elem_bytes(int64_t kind) { return kind == K_Q8 ? 1 : kind == K_Q16 ? 2 : 4; }
-
 int64_t ea_grouped_lookup(const int64_t *restrict ids, int64_t batch, int64_t nf, const int64_t *restrict desc,
                           int64_t d, float *restrict out, int64_t out_width, const int64_t *restrict out_cols,
                           int nthreads) {
@@ -433,7 +431,8 @@ int64_t ea_grouped_lookup(const int64_t *restrict ids, int64_t batch, int64_t nf
      * descriptor stay fixed in the loop, and each lookup's address is computed where it is prefetched
      * (DIST lookups ahead) and again where it is used. (Row-major over (row, field) with the kind
      * dispatched and the addresses kept per lookup, a full table took 2x as long as the plain gather;
-     * this takes about 0.6x as long: a field's hot rows are read together.) Out-of-range ids are counted
+     * this takes as long as the plain gather of one global table; the id column is prefetched, since
+     * a field reads every nf-th id.) Out-of-range ids are counted
      * and their rows left unwritten. */
 #define FIELD_LOOP(PREFETCH, BODY)                                                  \
     do {                                                                          \

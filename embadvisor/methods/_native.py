@@ -247,7 +247,8 @@ def tt_lookup(ids: torch.Tensor, kernel: FieldKernel) -> torch.Tensor | None:
         return None
     ids = _c(ids)
     p = kernel.aux
-    out = torch.empty(*ids.shape, int(p[5] * p[6] * p[7]), dtype=torch.float32)  # type: ignore[index]
+    d = int(p[5:8].prod())  # type: ignore[index]  # d1·d2·d3 (TT_D1..TT_D3)
+    out = torch.empty(*ids.shape, d, dtype=torch.float32)
     bad = _lib.ea_tt_lookup(p.data_ptr(), num_ids, ids.data_ptr(), ids.numel(), out.data_ptr(),  # type: ignore[union-attr]
                             torch.get_num_threads())
     _check(bad, "TT lookup", ids.numel(), f"[0, {num_ids})")
