@@ -29,6 +29,8 @@
  * copying them, as before, left the first rows' latency exposed in every block: the plain gather took
  * 1.9x as long.) */
 #define DIST 64
+/* Ids hashed per chunk by the hashing trick's and ROBE's lookups: their offsets live on the stack. */
+#define CH 2048
 
 /* this thread's contiguous share [lo, hi) of n items (the whole range without OpenMP) */
 static inline void thread_range(int64_t n, int64_t *lo, int64_t *hi) {
@@ -57,6 +59,9 @@ static inline uint64_t fmix64(uint64_t x) {
     x ^= x >> 33;
     return x;
 }
+
+/* a seed as the hash uses it: mix64(seed * golden), as _hashing.mixed_seeds computes it */
+static inline uint64_t mix_seed(int64_t seed) { return fmix64((uint64_t)seed * 0x9E3779B97F4A7C15ULL); }
 
 /* Exact unsigned division by an invariant divisor d >= 1 without a divide instruction (Granlund and
  * Montgomery, "Division by invariant integers using multiplication", PLDI 1994, fig. 4.1): with
@@ -178,7 +183,7 @@ static inline void row_deq16(float *restrict o, const int16_t *restrict q, float
     for (; j < d; j++) o[j] = (float)q[j] * s;
 }
 
-int ea_abi_version(void) { return 14; }
+int ea_abi_version(void) { return 15; }
 
 /* rows[i * k + s] = h(ids[i], mseeds[s]) % buckets for n ids and k seeds */
 void ea_hash_rows(const int64_t *restrict ids, int64_t n, const int64_t *restrict mseeds, int64_t k,
@@ -230,39 +235,37 @@ static inline void copy_flip(uint32_t *restrict o, const uint32_t *restrict a, u
 }
 
 /* o[j] ^= sign bit j of the id, for the d columns of one id (see ea_robe_gather) */
-static inline void flip_signs(uint32_t *restrict o, uint64_t x, const int64_t *restrict mseeds, int64_t d) {
+static inline void flip_signs(uint32_t *restrict o, uint64_t x, const uint64_t *restrict mseeds, int64_t d) {
     for (int64_t c0 = 0; c0 < d; c0 += 62)
-        flip_bits(o + c0, fmix64(x ^ (uint64_t)mseeds[c0 / 62]), d - c0 < 62 ? d - c0 : 62);
+        flip_bits(o + c0, fmix64(x ^ mseeds[c0 / 62]), d - c0 < 62 ? d - c0 : 62);
 }
 
 /* ROBE-Z (Z = 1) lookup of n ids from the circular float32 array a[m]: out[i, j] is
- * a[(h(x_i) + j) mod m] with its sign flipped where bit (j % 62) of fmix64(x_i ^ mseeds[1 + j / 62]) is
- * set; h uses mseeds[0]. */
-int64_t ea_robe_gather(const int64_t *restrict ids, int64_t n, const int64_t *restrict mseeds, int64_t m,
+ * a[(h(x_i) + j) mod m] with its sign flipped where bit (j % 62) of fmix64(x_i ^ ms[1 + j / 62]) is
+ * set; h uses ms[0]. ms are the module's 1 + ceil(d / 62) seeds, mixed here (mix_seed). */
+int64_t ea_robe_gather(const int64_t *restrict ids, int64_t n, const int64_t *restrict seeds, int64_t m,
                        const uint32_t *restrict a, int64_t d, uint32_t *restrict out, int nthreads) {
     init_sign_lut();
     const udiv_t mm = udiv_init((uint64_t)m);
-    int fail = 0;
-#pragma omp parallel num_threads(nthreads) if (n >= GRAIN) reduction(| : fail)
+    uint64_t mseeds[1 + (d + 61) / 62];
+    for (int64_t s = 0; s < 1 + (d + 61) / 62; s++) mseeds[s] = mix_seed(seeds[s]);
+#pragma omp parallel num_threads(nthreads) if (n >= GRAIN)
     {
-        int64_t lo, hi;
+        int64_t lo, hi, st[CH];
+        uint64_t sg[CH];
         thread_range(n, &lo, &hi);
-        const int64_t cnt = hi - lo;
-        /* two passes, as in ea_hash_gather: the block starts and sign words of this share, then the copies */
-        int64_t *st = (int64_t *)malloc((size_t)(2 * cnt + 1) * sizeof(int64_t));
-        if (!st) {
-            fail = 1;
-        } else {
-            uint64_t *sg = (uint64_t *)(st + cnt);
-            hash_mod(ids + lo, cnt, (uint64_t)mseeds[0], mm, 1, st, 1);
+        /* in chunks of CH ids on the stack, as in ea_hash_gather: the block starts and sign words, then the copies */
+        for (int64_t c0 = lo; c0 < hi; c0 += CH) {
+            const int64_t cnt = hi - c0 < CH ? hi - c0 : CH;
+            hash_mod(ids + c0, cnt, mseeds[0], mm, 1, st, 1);
             if (d <= 62) {
-                const uint64_t s1 = (uint64_t)mseeds[1];
-                for (int64_t i = 0; i < cnt; i++) sg[i] = fmix64((uint64_t)ids[lo + i] ^ s1); /* vectorises */
+                const uint64_t s1 = mseeds[1];
+                for (int64_t i = 0; i < cnt; i++) sg[i] = fmix64((uint64_t)ids[c0 + i] ^ s1); /* vectorises */
             }
             for (int64_t i = 0; i < cnt && i < DIST; i++) prefetch_row(a + st[i], d * 4);
             for (int64_t k = 0; k < cnt; k++) {
                 if (k + DIST < cnt) prefetch_row(a + st[k + DIST], d * 4);
-                uint32_t *restrict o = out + (lo + k) * d;
+                uint32_t *restrict o = out + (c0 + k) * d;
                 const int64_t s0 = st[k];
                 if (s0 + d <= m && d <= 62) { /* the block in one piece, one sign word: one pass */
                     copy_flip(o, a + s0, sg[k], d);
@@ -280,12 +283,11 @@ int64_t ea_robe_gather(const int64_t *restrict ids, int64_t n, const int64_t *re
                 if (d <= 62)
                     flip_bits(o, sg[k], d);
                 else
-                    flip_signs(o, (uint64_t)ids[lo + k], mseeds + 1, d);
+                    flip_signs(o, (uint64_t)ids[c0 + k], mseeds + 1, d);
             }
-            free(st);
         }
     }
-    return fail ? -1 : 0;
+    return 0;
 }
 
 /* out[i] = table[idx[i]] for n row indices into a table of `rows` rows of row_bytes bytes (any dtype).
@@ -348,40 +350,45 @@ int64_t ea_quant_gather(const int64_t *restrict idx, int64_t n, const char *rest
     return bad;
 }
 
-/* The hashing trick's lookup of n ids: out[i] = sum over the k <= 4 seeds of table[h(x_i, s) % rows],
+/* The hashing trick's lookup of n ids: out[i] = sum over the k <= 4 seeds of table[h(x_i, s) % rows]
+ * (the module's seeds, mixed here: mix_seed),
  * float32 rows of d values (the sum in seed order, as torch's sum over k <= 2 adds them).
- * Two passes over each thread's share: every row offset is hashed first, in a loop of its own, then the
- * rows are copied with the prefetch pipeline (hashing inside the copy loop made the whole lookup about
- * 1.7x slower than the two passes together). Returns -1 without memory, else 0. */
+ * Each thread's share goes in chunks of CH ids: the chunk's row offsets are hashed first, in a loop of
+ * their own, into a buffer on the stack, then its rows are copied with the prefetch pipeline. (Hashing
+ * inside the copy loop made the whole lookup about 1.7x slower; a malloc'd buffer for the whole share
+ * made it 2x slower than the stack chunks: fresh pages every call.) Returns -1 for k outside 1..4, else 0. */
 #define KMAX 4
-int64_t ea_hash_gather(const int64_t *restrict ids, int64_t n, const int64_t *restrict mseeds, int64_t k,
+int64_t ea_hash_gather(const int64_t *restrict ids, int64_t n, const int64_t *restrict seeds, int64_t k,
                        int64_t rows, const float *restrict table, int64_t d, float *restrict out, int nthreads) {
     if (k < 1 || k > KMAX) return -1; /* the caller checks */
+    uint64_t mseeds[KMAX];
+    for (int64_t s = 0; s < k; s++) mseeds[s] = mix_seed(seeds[s]);
     const udiv_t b = udiv_init((uint64_t)rows);
-    int fail = 0;
-#pragma omp parallel num_threads(nthreads) if (n >= GRAIN) reduction(| : fail)
+#pragma omp parallel num_threads(nthreads) if (n >= GRAIN)
     {
-        int64_t lo, hi;
+        int64_t lo, hi, st[KMAX * CH];
         thread_range(n, &lo, &hi);
-        int64_t *st = (int64_t *)malloc((size_t)((hi - lo) * k + 1) * sizeof(int64_t));
-        if (!st) {
-            fail = 1;
-        } else {
-            for (int64_t s = 0; s < k; s++) hash_mod(ids + lo, hi - lo, (uint64_t)mseeds[s], b, d, st + s * (hi - lo), 1);
-            const int64_t m = hi - lo;
+        for (int64_t c0 = lo; c0 < hi; c0 += CH) {
+            const int64_t m = hi - c0 < CH ? hi - c0 : CH;
+            for (int64_t s = 0; s < k; s++) hash_mod(ids + c0, m, mseeds[s], b, d, st + s * CH, 1);
             for (int64_t i = 0; i < m && i < DIST; i++)
-                for (int64_t s = 0; s < k; s++) prefetch_row(table + st[i + s * m], d * 4);
-            for (int64_t l = 0; l < m; l++) {
-                if (l + DIST < m)
-                    for (int64_t s = 0; s < k; s++) prefetch_row(table + st[l + DIST + s * m], d * 4);
-                float *restrict o = out + (lo + l) * d;
-                row_copy(o, table + st[l], d);
-                for (int64_t s = 1; s < k; s++) row_add(o, table + st[l + s * m], d);
-            }
-            free(st);
+                for (int64_t s = 0; s < k; s++) prefetch_row(table + st[i + s * CH], d * 4);
+            if (k == 1) /* the usual case, without the loops over the seeds (they made it 1.8x slower) */
+                for (int64_t l = 0; l < m; l++) {
+                    if (l + DIST < m) prefetch_row(table + st[l + DIST], d * 4);
+                    row_copy(out + (c0 + l) * d, table + st[l], d);
+                }
+            else
+                for (int64_t l = 0; l < m; l++) {
+                    if (l + DIST < m)
+                        for (int64_t s = 0; s < k; s++) prefetch_row(table + st[l + DIST + s * CH], d * 4);
+                    float *restrict o = out + (c0 + l) * d;
+                    row_copy(o, table + st[l], d);
+                    for (int64_t s = 1; s < k; s++) row_add(o, table + st[l + s * CH], d);
+                }
         }
     }
-    return fail ? -1 : 0;
+    return 0;
 }
 
 /* Grouped lookup: out[b, f, :] (float32, d wide) for ids[b, f], one descriptor per field (column):

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 _SOURCE = Path(__file__).with_name("_native.c")
-_ABI = 14
+_ABI = 15
 _lib: ctypes.CDLL | None = None
 _tried = False
 _off = False  # set by disabled()
@@ -178,26 +178,30 @@ def hash_rows(ids: torch.Tensor, mixed_seeds: torch.Tensor, buckets: int) -> tor
     return out
 
 
-def robe_gather(ids: torch.Tensor, mixed_seeds: torch.Tensor, array: torch.Tensor, dim: int) -> torch.Tensor | None:
+def robe_gather(ids: torch.Tensor, seeds: torch.Tensor, array: torch.Tensor, dim: int) -> torch.Tensor | None:
     """ROBE's ``s(x, j)·A[(h(x) + j) mod M]`` for ids ``[*S]`` -> float32 ``[*S, dim]`` in one pass; None: use torch.
 
-    ``mixed_seeds`` holds the offset seed, then one sign seed per 62 columns (already mixed).
+    ``seeds`` (int64, the module's buffer, mixed by the kernel as :func:`~embadvisor.methods._hashing.mixed_seeds`
+    mixes them) holds the offset seed, then one sign seed per 62 columns.
     """
-    if ids.dtype != torch.int64 or array.dtype != torch.float32 or not _usable(ids, mixed_seeds, array):
+    if (ids.dtype != torch.int64 or array.dtype != torch.float32 or seeds.dtype != torch.int64
+            or seeds.numel() < 1 + -(-dim // 62) or not _usable(ids, seeds, array)):
         return None
-    ids, seeds, flat = _c(ids), _c(mixed_seeds.reshape(-1)), _c(array).reshape(-1)
+    ids, seeds, flat = _c(ids), _c(seeds.reshape(-1)), _c(array).reshape(-1)
     out = torch.empty(*ids.shape, dim, dtype=torch.float32)
     _check(_lib.ea_robe_gather(ids.data_ptr(), ids.numel(), seeds.data_ptr(), flat.numel(),  # type: ignore[union-attr]
                                flat.data_ptr(), dim, out.data_ptr(), torch.get_num_threads()), "ROBE lookup", 0, "")
     return out
 
 
-def hash_gather(ids: torch.Tensor, mixed_seeds: torch.Tensor, table: torch.Tensor) -> torch.Tensor | None:
-    """The hashing trick's ``sum_s table[h_s(id)]`` for ids ``[*S]`` -> float32 ``[*S, d]`` in one pass; None: use torch."""
-    if (ids.dtype != torch.int64 or table.dtype != torch.float32 or not 1 <= mixed_seeds.numel() <= 4
-            or not _usable(ids, mixed_seeds, table)):
+def hash_gather(ids: torch.Tensor, seeds: torch.Tensor, table: torch.Tensor) -> torch.Tensor | None:
+    """The hashing trick's ``sum_s table[h_s(id)]`` for ids ``[*S]`` -> float32 ``[*S, d]`` in one pass; None: use torch.
+
+    ``seeds``: the module's int64 seeds (the kernel mixes them as :func:`~embadvisor.methods._hashing.mixed_seeds`)."""
+    if (ids.dtype != torch.int64 or table.dtype != torch.float32 or seeds.dtype != torch.int64
+            or not 1 <= seeds.numel() <= 4 or not _usable(ids, seeds, table)):
         return None  # the kernel sums at most 4 hashes (hash's num_hashes allows 1-4)
-    ids, seeds, table = _c(ids), _c(mixed_seeds.reshape(-1)), _c(table)
+    ids, seeds, table = _c(ids), _c(seeds.reshape(-1)), _c(table)
     out = torch.empty(*ids.shape, table.shape[1], dtype=torch.float32)
     _check(_lib.ea_hash_gather(ids.data_ptr(), ids.numel(), seeds.data_ptr(), seeds.numel(), table.shape[0],  # type: ignore[union-attr]
                                table.data_ptr(), table.shape[1], out.data_ptr(), torch.get_num_threads()),

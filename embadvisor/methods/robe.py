@@ -46,7 +46,7 @@ from torch import nn
 from embadvisor._constraints import Interval
 from embadvisor.methods import _native
 from embadvisor.methods._base import CompressedEmbedding, MethodConfig, MethodTags, TensorSpec
-from embadvisor.methods._hashing import hash_ids, make_seeds, mixed_seeds, split_ids
+from embadvisor.methods._hashing import hash_ids, make_seeds, split_ids
 from embadvisor.methods._registry import register_method
 from embadvisor.methods.full import init_bound
 from embadvisor.profiles.schema import TableSpec
@@ -156,7 +156,7 @@ class ROBEEmbedding(CompressedEmbedding):
         flat = ids.reshape(-1)
         serving = not (torch.is_grad_enabled() and self.array.weight.requires_grad)
         if serving:  # one fused pass (hash, block, signs) where the C kernels are available
-            out = _native.robe_gather(flat, mixed_seeds(self.seeds), self.array.weight, self.embedding_dim)
+            out = _native.robe_gather(flat, self.seeds, self.array.weight, self.embedding_dim)
             if out is not None:
                 return out.view(*ids.shape, self.embedding_dim)
         uniq, inv = torch.unique(flat, return_inverse=True)  # skewed ids: several times fewer blocks to read
