@@ -121,12 +121,13 @@ def _trainer(emb):
     """A timed training step for ``emb`` (SparseAdam on sparse tables, Adam on the rest), and its optimizers."""
     import torch
 
+    from embadvisor.tasks.optim import FusedSparseAdam
     from embadvisor.tasks.trainer import prefault_sparse_state
 
     sparse = emb.sparse_parameters()
     sid = {id(p) for p in sparse}
     dense = [p for p in emb.parameters() if p.requires_grad and id(p) not in sid]
-    opts = ([torch.optim.SparseAdam(sparse, lr=1e-3)] if sparse else []) + \
+    opts = ([FusedSparseAdam(sparse, lr=1e-3)] if sparse else []) + \
            ([torch.optim.Adam(dense, lr=1e-3)] if dense else [])
     for o in opts:
         prefault_sparse_state(o)

@@ -183,7 +183,7 @@ static inline void row_deq16(float *restrict o, const int16_t *restrict q, float
     for (; j < d; j++) o[j] = (float)q[j] * s;
 }
 
-int ea_abi_version(void) { return 15; }
+int ea_abi_version(void) { return 16; }
 
 /* rows[i * k + s] = h(ids[i], mseeds[s]) % buckets for n ids and k seeds */
 void ea_hash_rows(const int64_t *restrict ids, int64_t n, const int64_t *restrict mseeds, int64_t k,
@@ -769,3 +769,88 @@ int64_t ea_tt_lookup(const int64_t *restrict params, int64_t num_ids, const int6
                      float *restrict out, int nthreads) {
     return tt_field(params, num_ids, ids, 1, n, out, params[TT_D1] * params[TT_D2] * params[TT_D3], nthreads);
 }
+
+/* torch.optim.SparseAdam's update of nnz distinct rows (a coalesced gradient: row idx[i] gets the values
+ * g[i, 0..w)) of the float32 parameter p and its moments m and v ([rows, w] each, contiguous), with the
+ * float32 operations of torch.optim._functional.sparse_adam in its order, in two passes over the rows:
+ *   moments:  u1 = (g - m)·c1,  m' = m + u1,  u2 = (g·g - v)·c2,  v' = v + u2;
+ *             numer[i] = u1 + m,  s[i] = u2 + v                      (temporaries [nnz, w])
+ *   (the caller takes torch's sqrt of s in place: torch's vectorised sqrt is not correctly rounded, so
+ *   sqrtf here would differ from torch's in the last bit of about one value in six)
+ *   params:   p' = p + (numer / (s + eps))·neg_step
+ * c1 = 1 - beta1, c2 = 1 - beta2 and neg_step = -lr·sqrt(1 - beta2^t) / (1 - beta1^t) are the caller's
+ * scalars rounded to float32, as torch rounds a Python scalar for a float32 tensor. The values are the
+ * same bits as torch's (the tests compare them): nothing is contracted into fused multiply-adds, which
+ * round once instead of twice. Each pass prefetches its table rows DIST rows ahead; torch's version makes
+ * about ten passes over the rows, gathers and scatters into the tables and temporaries.
+ * Both return the number of indices outside [0, rows) (those rows are left alone). */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#endif
+int64_t ea_sparse_adam_moments(const int64_t *restrict idx, int64_t nnz, const float *restrict g, int64_t w,
+                               int64_t rows, float *restrict m, float *restrict v, float c1, float c2,
+                               float *restrict numer, float *restrict s, int nthreads) {
+    int64_t bad = 0;
+#pragma omp parallel num_threads(nthreads) if (nnz * w >= GRAIN * 4) reduction(+ : bad)
+    {
+        int64_t lo, hi;
+        thread_range(nnz, &lo, &hi);
+        for (int64_t i = lo; i < hi; i++) {
+            if (i + DIST < hi && (uint64_t)idx[i + DIST] < (uint64_t)rows) {
+                prefetch_row(m + idx[i + DIST] * w, w * 4);
+                prefetch_row(v + idx[i + DIST] * w, w * 4);
+            }
+            if ((uint64_t)idx[i] >= (uint64_t)rows) {
+                bad++;
+                continue;
+            }
+            const float *restrict gi = g + i * w;
+            float *restrict mi = m + idx[i] * w, *restrict vi = v + idx[i] * w;
+            float *restrict ni = numer + i * w, *restrict si = s + i * w;
+            for (int64_t j = 0; j < w; j++) {
+                const float gj = gi[j], m0 = mi[j], v0 = vi[j];
+                const float u1 = (gj - m0) * c1;
+                const float gg = gj * gj;
+                const float u2 = (gg - v0) * c2;
+                mi[j] = m0 + u1;
+                vi[j] = v0 + u2;
+                ni[j] = u1 + m0;
+                si[j] = u2 + v0;
+            }
+        }
+    }
+    return bad;
+}
+
+int64_t ea_sparse_adam_params(const int64_t *restrict idx, int64_t nnz, int64_t w, int64_t rows, float *restrict p,
+                              const float *restrict numer, const float *restrict root, float eps, float neg_step,
+                              int nthreads) {
+    int64_t bad = 0;
+#pragma omp parallel num_threads(nthreads) if (nnz * w >= GRAIN * 4) reduction(+ : bad)
+    {
+        int64_t lo, hi;
+        thread_range(nnz, &lo, &hi);
+        for (int64_t i = lo; i < hi; i++) {
+            if (i + DIST < hi && (uint64_t)idx[i + DIST] < (uint64_t)rows) prefetch_row(p + idx[i + DIST] * w, w * 4);
+            if ((uint64_t)idx[i] >= (uint64_t)rows) {
+                bad++;
+                continue;
+            }
+            const float *restrict ni = numer + i * w, *restrict ri = root + i * w;
+            float *restrict pi = p + idx[i] * w;
+            for (int64_t j = 0; j < w; j++) {
+                const float denom = ri[j] + eps;
+                const float q = ni[j] / denom;
+                const float step = q * neg_step;
+                pi[j] = pi[j] + step;
+            }
+        }
+    }
+    return bad;
+}
+#if !defined(__clang__) && defined(__GNUC__)
+#pragma GCC pop_options
+#endif

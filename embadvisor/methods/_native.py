@@ -36,10 +36,11 @@ import torch.nn.functional as F
 __all__ = [
     "PROJECTED", "QR_ADD", "QR_MULT", "QUANT8", "QUANT16", "REMAP", "ROWS", "FieldKernel", "LookupPlan",
     "available", "disabled", "embed", "embedding", "grouped_lookup", "hash_gather", "hash_rows", "quant_gather", "robe_gather",
+    "sparse_adam",
 ]
 
 _SOURCE = Path(__file__).with_name("_native.c")
-_ABI = 15
+_ABI = 16
 _lib: ctypes.CDLL | None = None
 _tried = False
 _off = False  # set by disabled()
@@ -112,6 +113,11 @@ def _build() -> ctypes.CDLL | None:
     lib.ea_grouped_lookup.restype = i64
     lib.ea_tt_lookup.argtypes = [ptr, i64, ptr, i64, ptr, cint]
     lib.ea_tt_lookup.restype = i64
+    f32 = ctypes.c_float
+    lib.ea_sparse_adam_moments.argtypes = [ptr, i64, ptr, i64, i64, ptr, ptr, f32, f32, ptr, ptr, cint]
+    lib.ea_sparse_adam_moments.restype = i64
+    lib.ea_sparse_adam_params.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, f32, f32, cint]
+    lib.ea_sparse_adam_params.restype = i64
     return lib
 
 
@@ -192,6 +198,29 @@ def robe_gather(ids: torch.Tensor, seeds: torch.Tensor, array: torch.Tensor, dim
     _check(_lib.ea_robe_gather(ids.data_ptr(), ids.numel(), seeds.data_ptr(), flat.numel(),  # type: ignore[union-attr]
                                flat.data_ptr(), dim, out.data_ptr(), torch.get_num_threads()), "ROBE lookup", 0, "")
     return out
+
+
+def sparse_adam(param: torch.Tensor, rows: torch.Tensor, values: torch.Tensor, exp_avg: torch.Tensor,
+                exp_avg_sq: torch.Tensor, beta1: float, beta2: float, eps: float, step_size: float) -> bool:
+    """torch.optim.SparseAdam's update of the distinct ``rows`` (int64 ``[R]``) of ``param`` ``[N, w]`` and its
+    moments with the gradient ``values`` ``[R, w]`` (a coalesced gradient's) in one pass, the same values bit
+    for bit; False (nothing done): use torch (not float32 CPU 2-D tensors, or no kernel)."""
+    if (_off or _get() is None or param.dtype != torch.float32 or param.dim() != 2 or values.dtype != torch.float32
+            or rows.dtype != torch.int64 or rows.dim() != 1 or values.shape != (rows.shape[0], param.shape[1])
+            or any(t.device.type != "cpu" or t.dtype != torch.float32 or t.shape != param.shape or not t.is_contiguous()
+                   for t in (param, exp_avg, exp_avg_sq))):
+        return False
+    rows, values = _c(rows), _c(values)
+    n, w, threads = rows.numel(), param.shape[1], torch.get_num_threads()
+    numer, root = torch.empty_like(values), torch.empty_like(values)
+    bounds = f"[0, {param.shape[0]})"
+    _check(_lib.ea_sparse_adam_moments(rows.data_ptr(), n, values.data_ptr(), w, param.shape[0],  # type: ignore[union-attr]
+                                       exp_avg.data_ptr(), exp_avg_sq.data_ptr(), 1 - beta1, 1 - beta2,
+                                       numer.data_ptr(), root.data_ptr(), threads), "SparseAdam", n, bounds)
+    root.sqrt_()  # torch's own sqrt, on a tensor of torch's shape: its vectorised sqrt is not correctly rounded
+    _check(_lib.ea_sparse_adam_params(rows.data_ptr(), n, w, param.shape[0], param.data_ptr(),  # type: ignore[union-attr]
+                                      numer.data_ptr(), root.data_ptr(), eps, -step_size, threads), "SparseAdam", n, bounds)
+    return True
 
 
 def hash_gather(ids: torch.Tensor, seeds: torch.Tensor, table: torch.Tensor) -> torch.Tensor | None:

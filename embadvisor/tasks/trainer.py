@@ -24,6 +24,7 @@ from embadvisor._constraints import Interval, Options, validate_fields
 from embadvisor.errors import EmbAdvisorError
 from embadvisor.methods import EmbeddingCollection
 from embadvisor.methods._hugepages import hugepage_empty
+from embadvisor.tasks.optim import FusedSparseAdam
 
 __all__ = ["FitResult", "TrainConfig", "TrainingDiverged", "TaskEngine", "fit", "planned_steps", "set_threads"]
 
@@ -165,7 +166,7 @@ def _optimizers(model: nn.Module, emb: EmbeddingCollection, cfg: TrainConfig) ->
         if groups:
             opts.append(torch.optim.Adam(groups))
         if sparse:
-            opts.append(torch.optim.SparseAdam(sparse, lr=elr))
+            opts.append(FusedSparseAdam(sparse, lr=elr))
             prefault_sparse_state(opts[-1])
     elif cfg.optimizer == "adagrad":
         if groups:
