@@ -3,7 +3,8 @@
 For the criteo-kaggle preset (26 tables, 33.8M ids, d=16) at budgets of 1/2, 1/10 and 1/100 of
 the full tables, every registered method is solved with the workload solver and timed on batches
 of 4096 samples x 26 fields (Zipf ids): one training step per stage (forward + backward +
-optimizer: SparseAdam for sparse-gradient tables, Adam for dense parameters, plus the method's
+optimizer: the trainer's FusedSparseAdam (torch's SparseAdam values, one C pass per table) for sparse-gradient
+tables, Adam for dense parameters, plus the method's
 own hooks and regulariser) and the forward-only lookup of the exported serving form. Each
 (method, budget) runs in a fresh subprocess so its peak RSS is its own; timings are medians of
 several repetitions (lookups: medians over 40 further batches, after the training batches have warmed the
@@ -118,7 +119,7 @@ def worker(method: str, ratio: float, reps: int, threads: int, layout: str | Non
 
 
 def _trainer(emb):
-    """A timed training step for ``emb`` (SparseAdam on sparse tables, Adam on the rest), and its optimizers."""
+    """A timed training step for ``emb`` (FusedSparseAdam on sparse tables, Adam on the rest), and its optimizers."""
     import torch
 
     from embadvisor.tasks.optim import FusedSparseAdam
