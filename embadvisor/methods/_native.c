@@ -407,6 +407,9 @@ int64_t ea_hash_gather(const int64_t *restrict ids, int64_t n, const int64_t *re
  * Ids outside [0, n) are counted and their rows left unwritten; returns that count (-1: too many fields
  * or no memory). */
 enum { K_ROWS = 0, K_REMAP = 1, K_QR_MULT = 2, K_QR_ADD = 3, K_PROJ = 4, K_Q8 = 5, K_Q16 = 6, K_TT = 7 };
+/* TT-Rec's parameter words (see tt_field) */
+enum { TT_CORE1, TT_CORE2, TT_CORE3, TT_NB, TT_NC, TT_D1, TT_D2, TT_D3, TT_R, TT_CACHE, TT_CACHE_IDS,
+       TT_CACHE_ROWS, TT_ID_BYTES, TT_NPARAMS };
 static int64_t tt_field(const int64_t *restrict P, int64_t num_ids, const int64_t *restrict ids, int64_t id_stride,
                         int64_t n, float *restrict out, int64_t out_stride, int nthreads);
 #define MAXF 1024
@@ -539,10 +542,21 @@ int64_t ea_grouped_lookup(const int64_t *restrict ids, int64_t batch, int64_t nf
 #undef FIELD_LOOP
     free(pt);
     /* TT fields: one field per thread at a time (each field's ids grouped by its middle core), or the
-     * threads inside the field when it is the only one */
-    int64_t tt[MAXF], ntt = 0;
-    for (int64_t f = 0; f < nf; f++)
-        if (desc[f * 8] == K_TT) tt[ntt++] = f;
+     * threads inside the field when it is the only one. The fields go out costliest first (the work per
+     * uncached id, r^2·d1·d2, times the ids outside the cache), so no thread starts a large field last. */
+    int64_t tt[MAXF], cost[MAXF], ntt = 0;
+    for (int64_t f = 0; f < nf; f++) {
+        if (desc[f * 8] != K_TT) continue;
+        const int64_t *P = (const int64_t *)(intptr_t)desc[f * 8 + 4];
+        const int64_t c = P[TT_R] * P[TT_R] * P[TT_D1] * P[TT_D2] * (desc[f * 8 + 7] - P[TT_CACHE_ROWS] > 0 ? 1 : 0);
+        int64_t k = ntt++;
+        for (; k > 0 && cost[k - 1] < c; k--) { /* insertion: descending cost, stable */
+            tt[k] = tt[k - 1];
+            cost[k] = cost[k - 1];
+        }
+        tt[k] = f;
+        cost[k] = c;
+    }
     int fail = 0;
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) if (ntt > 1) reduction(+ : bad) reduction(| : fail)
     for (int64_t k = 0; k < ntt; k++) {
@@ -567,8 +581,6 @@ int64_t ea_grouped_lookup(const int64_t *restrict ids, int64_t batch, int64_t nf
  * Repeated ids are computed once (a small direct-mapped table of seen ids; a collision only costs a
  * recomputation), and the distinct ids are computed grouped by i2, so each G2 slice (r·d2·r values, the
  * bulk of the work) is read about once per call. */
-enum { TT_CORE1, TT_CORE2, TT_CORE3, TT_NB, TT_NC, TT_D1, TT_D2, TT_D3, TT_R, TT_CACHE, TT_CACHE_IDS,
-       TT_CACHE_ROWS, TT_ID_BYTES, TT_NPARAMS };
 #define TT_SEEN 4096
 
 static inline int64_t cache_id_at(const void *cache_ids, int64_t id_bytes, int64_t k) {
@@ -687,35 +699,42 @@ static int64_t tt_field(const int64_t *restrict P, int64_t num_ids, const int64_
     int64_t *dup = uniq + n, *sorted = uniq + 3 * n, *slots = uniq + 4 * n, *cnt = uniq + 5 * n,
             *seen_id = cnt + n_b + 1, *seen_pos = seen_id + TT_SEEN;
     for (int64_t h = 0; h < TT_SEEN; h++) seen_id[h] = -1;
-    /* cache slots first (-1: not cached, -2: out of range), then the cached rows copied with prefetching */
-    for (int64_t i0 = 0; i0 < n; i0 += TT_SEARCH) {
-        const int64_t g = n - i0 < TT_SEARCH ? n - i0 : TT_SEARCH;
-        int64_t x[TT_SEARCH], sl[TT_SEARCH], m = 0, at[TT_SEARCH];
-        for (int64_t k = 0; k < g; k++) {
-            const int64_t i = i0 + k;
-            if (id_stride > 1 && i + 2 * DIST < n) __builtin_prefetch(ids + (i + 2 * DIST) * id_stride); /* a column */
-            const int64_t v = ids[i * id_stride];
-            if ((uint64_t)v >= (uint64_t)num_ids)
-                slots[i] = -2;
-            else if (rows <= 0)
-                slots[i] = -1;
-            else if (prefix)
-                slots[i] = v < rows ? v : -1;
-            else {
-                x[m] = v;
-                at[m++] = i;
+    /* The cache slot of each id (-1: not cached, -2: out of range), then the cached rows copied with
+     * prefetching and the others' first occurrences listed. A prefix cache's slot is the id, computed
+     * where it is used (one pass over the id column); other caches' slots are searched for first. */
+    const int search = rows > 0 && !prefix;
+    if (search)
+        for (int64_t i0 = 0; i0 < n; i0 += TT_SEARCH) {
+            const int64_t g = n - i0 < TT_SEARCH ? n - i0 : TT_SEARCH;
+            int64_t x[TT_SEARCH], sl[TT_SEARCH], m = 0, at[TT_SEARCH];
+            for (int64_t k = 0; k < g; k++) {
+                const int64_t i = i0 + k;
+                if (id_stride > 1 && i + 2 * DIST < n) __builtin_prefetch(ids + (i + 2 * DIST) * id_stride); /* a column */
+                const int64_t v = ids[i * id_stride];
+                if ((uint64_t)v >= (uint64_t)num_ids)
+                    slots[i] = -2;
+                else {
+                    x[m] = v;
+                    at[m++] = i;
+                }
+            }
+            if (m) {
+                tt_cache_slots(x, m, cache_ids, rows, id_bytes, sl);
+                for (int64_t k = 0; k < m; k++) slots[at[k]] = sl[k];
             }
         }
-        if (m) {
-            tt_cache_slots(x, m, cache_ids, rows, id_bytes, sl);
-            for (int64_t k = 0; k < m; k++) slots[at[k]] = sl[k];
-        }
+#define TT_SLOT(i, v) (search ? slots[i] : (uint64_t)(v) >= (uint64_t)num_ids ? -2 : (v) < rows ? (v) : -1)
+    for (int64_t i = 0; i < n && i < DIST; i++) {
+        const int64_t sl = TT_SLOT(i, ids[i * id_stride]);
+        if (sl >= 0) prefetch_row(cache + sl * d, d * 4);
     }
-    for (int64_t i = 0; i < n && i < DIST; i++)
-        if (slots[i] >= 0) prefetch_row(cache + slots[i] * d, d * 4);
     for (int64_t i = 0; i < n; i++) {
-        if (i + DIST < n && slots[i + DIST] >= 0) prefetch_row(cache + slots[i + DIST] * d, d * 4);
-        const int64_t slot = slots[i], x = ids[i * id_stride];
+        if (id_stride > 1 && !search && i + 2 * DIST < n) __builtin_prefetch(ids + (i + 2 * DIST) * id_stride);
+        if (i + DIST < n) {
+            const int64_t sl = TT_SLOT(i + DIST, ids[(i + DIST) * id_stride]);
+            if (sl >= 0) prefetch_row(cache + sl * d, d * 4);
+        }
+        const int64_t x = ids[i * id_stride], slot = TT_SLOT(i, x);
         if (slot == -2) {
             bad++;
             continue;
@@ -735,6 +754,7 @@ static int64_t tt_field(const int64_t *restrict P, int64_t num_ids, const int64_
             uniq[nu++] = i;
         }
     }
+#undef TT_SLOT
     /* counting sort of the distinct ids by i2; afterwards group b spans [b ? cnt[b - 1] : 0, cnt[b]) */
     const udiv_t db = udiv_init((uint64_t)n_b), dc = udiv_init((uint64_t)n_c);
     for (int64_t b = 0; b <= n_b; b++) cnt[b] = 0;
