@@ -1,11 +1,12 @@
-"""Fused CPU kernels for lookups without autograd, built once with the system C compiler.
+"""Fused CPU kernels for lookups without autograd (and SparseAdam's update), built once with the system C compiler.
 
 ``_native.c`` holds: seeded hash row indices (:func:`hash_rows`, behind ``hash_ids``), the hashing
 trick's and ROBE's whole serving lookups (:func:`hash_gather`, :func:`robe_gather`), a prefetching
 row gather (:func:`embedding`) and one grouped lookup (:class:`LookupPlan`) that embeds every field
 of a per-field plan in one pass from per-field descriptors (:class:`FieldKernel`: rows, remapped
-rows, QR, projected rows, int8/int16 rows with a scale). Each gives the torch code's values (the
-tests compare them). They are plain C (no Python or torch headers), so the first build takes about
+rows, QR, projected rows, int8/int16 rows, TT-Rec), plus torch's SparseAdam update of a coalesced
+gradient's rows (:func:`sparse_adam`, behind :class:`~embadvisor.tasks.optim.FusedSparseAdam`). Each
+gives the torch code's values (the tests compare them). They are plain C (no Python or torch headers), so the first build takes about
 a second; they run on torch's own OpenMP threads (built against the ``libgomp`` torch has loaded).
 The library is cached under ``$EMBADVISOR_NATIVE_CACHE`` (default ``~/.cache/embadvisor/native``),
 keyed by the source, the compiler and the CPU (it is built with ``-march=native``), and written
@@ -203,8 +204,8 @@ def robe_gather(ids: torch.Tensor, seeds: torch.Tensor, array: torch.Tensor, dim
 def sparse_adam(param: torch.Tensor, rows: torch.Tensor, values: torch.Tensor, exp_avg: torch.Tensor,
                 exp_avg_sq: torch.Tensor, beta1: float, beta2: float, eps: float, step_size: float) -> bool:
     """torch.optim.SparseAdam's update of the distinct ``rows`` (int64 ``[R]``) of ``param`` ``[N, w]`` and its
-    moments with the gradient ``values`` ``[R, w]`` (a coalesced gradient's) in one pass, the same values bit
-    for bit; False (nothing done): use torch (not float32 CPU 2-D tensors, or no kernel)."""
+    moments with the gradient ``values`` ``[R, w]`` (a coalesced gradient's) in two passes over the rows, the
+    same values bit for bit; False (nothing done): use torch (not float32 CPU 2-D tensors, or no kernel)."""
     if (_off or _get() is None or param.dtype != torch.float32 or param.dim() != 2 or values.dtype != torch.float32
             or rows.dtype != torch.int64 or rows.dim() != 1 or values.shape != (rows.shape[0], param.shape[1])
             or any(t.device.type != "cpu" or t.dtype != torch.float32 or t.shape != param.shape or not t.is_contiguous()
