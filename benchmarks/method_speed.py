@@ -123,7 +123,7 @@ def _trainer(emb):
     import torch
 
     from embadvisor.tasks.optim import FusedSparseAdam
-    from embadvisor.tasks.trainer import prefault_sparse_state
+    from embadvisor.tasks.trainer import backward_step, prefault_sparse_state, with_regularization
 
     sparse = emb.sparse_parameters()
     sid = {id(p) for p in sparse}
@@ -139,16 +139,7 @@ def _trainer(emb):
     def step_fn(ids) -> float:
         nonlocal step
         t = time.perf_counter()
-        out = emb(ids)
-        loss = out.pow(2).mean()
-        reg = emb.regularization_loss()
-        if reg is not None:
-            loss = loss + reg
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        for o in opts:
-            o.step()
+        backward_step(with_regularization(emb, emb(ids).pow(2).mean()), opts)
         step += 1
         emb.on_step(step)
         return time.perf_counter() - t

@@ -126,6 +126,21 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def with_regularization(emb: EmbeddingCollection, loss: torch.Tensor) -> torch.Tensor:
+    """``loss`` plus the embedding's regulariser, where it has one."""
+    reg = emb.regularization_loss()
+    return loss if reg is None else loss + reg
+
+
+def backward_step(loss: torch.Tensor, opts: list[torch.optim.Optimizer]) -> None:
+    """One optimisation step: clear the gradients, backpropagate ``loss``, step every optimizer."""
+    for o in opts:
+        o.zero_grad(set_to_none=True)
+    loss.backward()
+    for o in opts:
+        o.step()
+
+
 def prefault_sparse_state(opt: torch.optim.Optimizer) -> None:
     """Create SparseAdam's moments eagerly and write every page once.
 
@@ -245,20 +260,13 @@ def fit(
                 pos = 0
             idx = order[pos : pos + cfg.batch_size]
             pos += cfg.batch_size
-            loss = engine.train_loss(model, idx)
-            reg = emb.regularization_loss()
-            if reg is not None:
-                loss = loss + reg
+            loss = with_regularization(emb, engine.train_loss(model, idx))
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"training diverged: the loss is {loss.item()} at step {step} (stage {stage.name!r}). "
                     "Lower the learning rate or choose another configuration."
                 )
-            for o in opts:
-                o.zero_grad(set_to_none=True)
-            loss.backward()
-            for o in opts:
-                o.step()
+            backward_step(loss, opts)
             step += 1
             samples += int(idx.numel())
             emb.on_step(step)
