@@ -216,9 +216,14 @@ def train(
                                                  "(default: from the data).")] = None,
     test: Annotated[Path | None, typer.Option(help="Retrieval: a separate test file (protocol given).")] = None,
     model: Annotated[str, typer.Option(help="CTR model: dlrm|dcn|wdl|deepfm.")] = "dlrm",
-    dim: Annotated[int, typer.Option(help="Embedding dim.", min=1)] = 16,
-    epochs: Annotated[float, typer.Option(help="Training epochs (fractions allowed).", min=0.0)] = 3.0,
-    batch_size: Annotated[int, typer.Option(help="Batch size.", min=1)] = 1024,
+    dim: Annotated[int | None, typer.Option(help="Embedding dim (default 16 CTR, 64 retrieval).", min=1)] = None,
+    epochs: Annotated[float | None, typer.Option(help="Cap on training epochs (fractions allowed); training stops "
+                                                 "earlier when validation stops improving (default cap: 100).",
+                                                 min=0.0)] = None,
+    patience: Annotated[int, typer.Option(help="Evaluations without improvement before stopping (0 = train "
+                                          "the whole cap).", min=0)] = 3,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size (default 4096 CTR, 1024 retrieval, halved on "
+                                                   "small data so an epoch has at least 64 steps).", min=1)] = None,
     lr: Annotated[float, typer.Option(help="Learning rate.", min=0.0)] = 1e-3,
     optimizer: Annotated[str, typer.Option(help="adam|adagrad|sgd.")] = "adam",
     time_limit: Annotated[str | None, typer.Option(help="Stop training after this long, e.g. 90s, 5m.")] = None,
@@ -228,9 +233,9 @@ def train(
 ) -> None:
     """Train one method on one dataset and report validation and test metrics."""
     from embadvisor.advisor import report
+    from embadvisor.tasks.api import DEFAULT_DIM, convergence_config
     from embadvisor.tasks.api import train as train_task
     from embadvisor.tasks.datasets import load_task_data
-    from embadvisor.tasks.trainer import TrainConfig
     from embadvisor.units import parse_duration, parse_size
 
     if task not in ("ctr", "retrieval"):
@@ -241,12 +246,19 @@ def train(
 
     get_method(method)
     nbytes = parse_size(budget, name="budget") if budget is not None else None
-    cfg = TrainConfig(optimizer=optimizer, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed, threads=threads,
-                      time_budget_s=parse_duration(time_limit) if time_limit else None)
+    if epochs is not None and epochs <= 0:
+        raise fail(f"--epochs must be > 0, but got {epochs!r}.")
     field_list = [f.strip() for f in fields.split(",") if f.strip()] if fields else None
     td = load_task_data(task, data, fmt=fmt, label=label, fields=field_list, protocol=protocol, test_path=test,
                         seed=seed)
-    result = train_task(td, method, budget_bytes=nbytes, scope=scope, model=model, dim=dim, config=cfg, seed=seed)
+    cfg = convergence_config(
+        td, optimizer=optimizer, lr=lr, batch_size=batch_size, seed=seed, threads=threads, patience=patience,
+        max_samples=None if epochs is None else max(1, round(epochs * td.num_train)),
+        time_budget_s=parse_duration(time_limit) if time_limit else None)
+    result = train_task(td, method, budget_bytes=nbytes, scope=scope, model=model, dim=dim or DEFAULT_DIM[task],
+                        config=cfg, seed=seed)
+    for w in result.extra.get("warnings", []):
+        report.console_err().print(f"[bold yellow]warning:[/] {w}")
     if as_json:
         emit_json(result.to_dict())
     else:
@@ -267,10 +279,11 @@ MethodsOpt = Annotated[str | None, typer.Option("--methods", help="Comma-separat
                                                  "(default: all).")]
 StorageOpt = Annotated[str | None, typer.Option(help="Optuna storage URL (default: sqlite:///~/.embadvisor/"
                                               "studies.db; or a journal file path ending in .log).")]
-EpochsOpt = Annotated[float, typer.Option(help="Training epochs per trial.", min=0.0)]
-TrialTimeOpt = Annotated[str | None, typer.Option(help="Cap on one trial's training time, e.g. 20s.")]
-BatchSizeOpt = Annotated[int | None, typer.Option(help="Batch size (default 4096 CTR, 1024 retrieval).", min=1)]
-LrOpt = Annotated[float, typer.Option(help="Learning rate.", min=0.0)]
+BatchSizeOpt = Annotated[int | None, typer.Option(help="Batch size (default 4096 CTR, 1024 retrieval, halved on "
+                                                  "small data so an epoch has at least 64 steps).", min=1)]
+LrOpt = Annotated[float, typer.Option(help="Base learning rate (sampled trials search 1/3x-10x of it).", min=0.0)]
+TrialsOpt = Annotated[int | None, typer.Option(help="Candidates at the first rung (default: twice the feasible "
+                                               "methods); the best are promoted and trained longer.", min=1)]
 ThreadsOpt = Annotated[int, typer.Option(help="torch threads.", min=1)]
 SeedOpt = Annotated[int, typer.Option(help="Seed (sampler, splits, training).")]
 
@@ -290,15 +303,13 @@ def recommend(
     fields: FieldsOpt = None,
     model: ModelOpt = "dlrm",
     methods_opt: MethodsOpt = None,
-    trials: Annotated[int, typer.Option(help="Trials in the study (a resumed study runs only the missing ones).",
-                                        min=1)] = 24,
-    time_limit: Annotated[str | None, typer.Option(help="Stop starting trials after this long, e.g. 150s, 10m.")]
-    = "150s",
+    trials: TrialsOpt = None,
+    time_limit: Annotated[str | None, typer.Option(help="Cap on the whole run, e.g. 10m (default: 4 min on the "
+                                                   "built-in workloads, 1.5x the calibrated estimate on your "
+                                                   "data).")] = None,
     storage: StorageOpt = None,
     study: Annotated[str | None, typer.Option(help="Study name (default: derived from a hash of the inputs).")]
     = None,
-    epochs: EpochsOpt = 1.0,
-    trial_time: TrialTimeOpt = "20s",
     batch_size: BatchSizeOpt = None,
     lr: LrOpt = 1e-3,
     threads: ThreadsOpt = 2,
@@ -328,6 +339,7 @@ def recommend(
     from embadvisor.advisor.recommend import recommend as run_recommend
     from embadvisor.advisor.search import SearchSettings
     from embadvisor.advisor.workloads import load_workload
+    from embadvisor.tasks.api import default_batch_size
     from embadvisor.tasks.trainer import TrainConfig
     from embadvisor.units import parse_duration, parse_size
 
@@ -350,15 +362,15 @@ def recommend(
 
         if vectors is None or task != "retrieval" or data is not None or profile_spec is not None:
             raise fail("--queries/--qrels need --vectors, and --vectors needs --task retrieval without --data/--profile.")
-        settings_v = vs.VectorSearchSettings(budget_bytes=nbytes, methods=method_list, trials=trials,
-                                             time_limit_s=limit, seed=seed)
+        settings_v = vs.VectorSearchSettings(budget_bytes=nbytes, methods=method_list, trials=trials or 24,
+                                             time_limit_s=limit if limit is not None else 150.0, seed=seed)
         from embadvisor.advisor.recommend import open_storage
 
         store_v = open_storage(storage)
         workload_v = vs.load_workload(vectors, queries=queries, qrels=qrels, doc_ids=doc_ids, query_ids=query_ids,
                                       similarity=similarity, seed=seed)
         report.console_err().print(f"[dim]{workload_v.description}[/]")
-        with report.SearchProgress(trials, limit, enabled=not as_json) as progress:
+        with report.SearchProgress(trials or 24, limit, enabled=not as_json) as progress:
             rec = vs.recommend_vectors(workload_v, settings_v, storage=storage, study_name=study, store=store_v,
                                        on_trial=progress.on_trial, on_phase=progress.on_phase)
         if output is not None:
@@ -385,15 +397,13 @@ def recommend(
         err.print(f"[dim]preparing the built-in {task} workload...[/]")
     field_list = [f.strip() for f in fields.split(",") if f.strip()] if fields else None
     workload = load_workload(task, data, target, fmt=fmt, label=label, fields=field_list, seed=seed)
-    bs = batch_size or (4096 if task == "ctr" else 1024)
+    bs = batch_size or default_batch_size(task, workload.data.num_train)
     settings = SearchSettings(
         budget_bytes=nbytes, scope=budget_scope, model=model, methods=method_list, trials=trials,
-        time_limit_s=limit, seed=seed, retrain_top=2,
-        train=TrainConfig(batch_size=bs, epochs=epochs, lr=lr, threads=threads, patience=0, seed=seed,
-                          time_budget_s=parse_duration(trial_time, name="trial time") if trial_time else None),
+        time_limit_s=limit, seed=seed, train=TrainConfig(batch_size=bs, lr=lr, threads=threads, seed=seed),
     )
     err.print(f"[dim]{workload.description}[/]")
-    with report.SearchProgress(trials, limit, enabled=not as_json) as progress:
+    with report.SearchProgress(None, limit, enabled=not as_json) as progress:
         rec = run_recommend(workload, settings, storage=storage, study_name=study, on_trial=progress.on_trial,
                             on_phase=progress.on_phase, store=store, workers=workers, heartbeat_s=heartbeat)
     if output is not None:
@@ -506,15 +516,12 @@ def pareto(
     fields: FieldsOpt = None,
     model: ModelOpt = "dlrm",
     methods_opt: MethodsOpt = None,
-    trials: Annotated[int, typer.Option(help="Trials per budget (resumed studies run only the missing ones).",
-                                        min=1)] = 24,
-    time_limit: Annotated[str | None, typer.Option(help="Per budget: stop starting trials after this long.")]
-    = "150s",
+    trials: TrialsOpt = None,
+    time_limit: Annotated[str | None, typer.Option(help="Per budget: cap on the run (default: as recommend).")]
+    = None,
     storage: StorageOpt = None,
     study: Annotated[str | None, typer.Option(help="Study name prefix; each budget's study is PREFIX-<budget> "
                                               "(default: derived from a hash of the inputs).")] = None,
-    epochs: EpochsOpt = 1.0,
-    trial_time: TrialTimeOpt = "20s",
     batch_size: BatchSizeOpt = None,
     lr: LrOpt = 1e-3,
     threads: ThreadsOpt = 2,
@@ -526,6 +533,7 @@ def pareto(
     from embadvisor.advisor.pareto import build_workload, parse_budgets, run_pareto
     from embadvisor.advisor.recommend import open_storage
     from embadvisor.advisor.search import SearchSettings
+    from embadvisor.tasks.api import default_batch_size
     from embadvisor.tasks.trainer import TrainConfig
     from embadvisor.units import format_size, parse_duration
 
@@ -536,17 +544,16 @@ def pareto(
     sizes = parse_budgets(budgets)
     limit = parse_duration(time_limit) if time_limit else None
     method_list = tuple(m.strip() for m in methods_opt.split(",") if m.strip()) if methods_opt else None
-    settings = SearchSettings(
-        budget_bytes=sizes[0], scope=budget_scope, model=model, methods=method_list, trials=trials,
-        time_limit_s=limit, seed=seed, retrain_top=2,
-        train=TrainConfig(batch_size=batch_size or (4096 if task == "ctr" else 1024), epochs=epochs, lr=lr,
-                          threads=threads, patience=0, seed=seed,
-                          time_budget_s=parse_duration(trial_time, name="trial time") if trial_time else None),
-    )
     store = open_storage(storage)  # fail fast, before any data is prepared
     err = report.console_err()
     workload = build_workload(task, data=data, profile_spec=profile_spec, fmt=fmt, label=label, fields=fields,
                               seed=seed, on_progress=lambda m: err.print(f"[dim]{m}[/]"))
+    settings = SearchSettings(
+        budget_bytes=sizes[0], scope=budget_scope, model=model, methods=method_list, trials=trials,
+        time_limit_s=limit, seed=seed,
+        train=TrainConfig(batch_size=batch_size or default_batch_size(task, workload.data.num_train), lr=lr,
+                          threads=threads, seed=seed),
+    )
 
     started: list[int] = []
 
@@ -555,7 +562,7 @@ def pareto(
             err.print(f"[dim]{workload.description}[/]")
         started.append(i)
         err.print(f"[bold]budget {i + 1}/{len(sizes)}: {format_size(nbytes)}[/]")
-        return report.SearchProgress(trials, limit, enabled=not as_json)
+        return report.SearchProgress(None, limit, enabled=not as_json)
 
     result = run_pareto(workload, settings, sizes, storage=storage, study_prefix=study, store=store,
                         on_budget=on_budget)

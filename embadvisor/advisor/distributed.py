@@ -27,6 +27,7 @@ from typing import Any
 
 import optuna
 
+from embadvisor.advisor.schedule import Schedule
 from embadvisor.advisor.search import (
     Search,
     SearchSettings,
@@ -99,6 +100,11 @@ def run_worker(
         study = make_study(search, store, name, key, sampler_seed=settings.seed * 7919 + os.getpid())
     except StudyMismatch as e:
         raise DataMismatch(f"this worker's setup does not match the study: {e}") from None
+    if search.schedule is None:
+        if not study.user_attrs.get("schedule"):
+            raise InvalidConfigError(f"study {name!r} has no schedule yet (its calibration has not finished); "
+                                     "start the worker again once `embadvisor recommend` prints its estimate.")
+        search.schedule = Schedule.from_dict(study.user_attrs["schedule"])
     run_study(search, study, on_trial=on_trial, deadline=study.user_attrs.get("deadline"))
     return trial_counts(study)
 

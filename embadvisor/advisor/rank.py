@@ -40,12 +40,25 @@ class Candidate:
     train_bytes: int
     serve_bytes: int
     params: dict[str, Any]
+    lr: float | None = None
+    rung: int = 0
     fresh: list[float] = field(default_factory=list)
     fresh_latency: list[float] = field(default_factory=list)
+    fresh_runs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def mean(self) -> float:
         return statistics.fmean(self.fresh) if self.fresh else self.value
+
+    @property
+    def spread(self) -> float | None:
+        """Standard deviation of the fresh-seed runs (None with fewer than two)."""
+        return statistics.stdev(self.fresh) if len(self.fresh) >= 2 else None
+
+    @property
+    def converged(self) -> bool:
+        """Whether every fresh-seed run stopped on validation (not on a cap)."""
+        return bool(self.fresh_runs) and all(r["converged"] for r in self.fresh_runs)
 
     @property
     def serve_latency_ms(self) -> float:
@@ -55,18 +68,21 @@ class Candidate:
 
     @property
     def key(self) -> str:
-        return json.dumps([self.method, round(self.use, 6), self.fixed], sort_keys=True, default=str)
+        return json.dumps([self.method, round(self.use, 6), self.fixed, self.lr], sort_keys=True, default=str)
 
     def to_dict(self) -> dict[str, Any]:
         return {"trial": self.trial, "method": self.method, "params": self.params, "budget_use": self.use,
-                "value": self.value, "fresh": self.fresh, "mean": self.mean, "latency_ms": self.serve_latency_ms,
-                "trial_latency_ms": self.latency_ms, "train_bytes": self.train_bytes, "serve_bytes": self.serve_bytes}
+                "lr": self.lr, "rung": self.rung, "value": self.value, "fresh": self.fresh, "mean": self.mean,
+                "spread": self.spread, "converged": self.converged, "fresh_runs": self.fresh_runs,
+                "latency_ms": self.serve_latency_ms, "trial_latency_ms": self.latency_ms,
+                "train_bytes": self.train_bytes, "serve_bytes": self.serve_bytes}
 
 
 def top_candidates(study: optuna.Study, n: int) -> list[Candidate]:
-    """The ``n`` best distinct completed configurations."""
+    """The ``n`` best distinct completed configurations of the highest rung that has any (a configuration
+    is judged by its longest training), then of the rungs below."""
     done = [t for t in study.trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
-    done.sort(key=lambda t: -float(t.value))  # type: ignore[arg-type]
+    done.sort(key=lambda t: (-int(t.user_attrs.get("rung", 0)), -float(t.value)))  # type: ignore[arg-type]
     out: list[Candidate] = []
     seen: set[str] = set()
     for t in done:
@@ -74,7 +90,7 @@ def top_candidates(study: optuna.Study, n: int) -> list[Candidate]:
         c = Candidate(t.number, m, float(t.params.get(f"{m}.budget_use", 1.0)), dict(t.user_attrs.get("fixed", {})),
                       float(t.value), float(t.user_attrs.get("latency_ms", math.inf)),  # type: ignore[arg-type]
                       int(t.user_attrs.get("train_bytes", 0)), int(t.user_attrs.get("serve_bytes", 0)),
-                      dict(t.user_attrs.get("params", {})))
+                      dict(t.user_attrs.get("params", {})), t.user_attrs.get("lr"), int(t.user_attrs.get("rung", 0)))
         if c.key in seen:
             continue
         seen.add(c.key)
@@ -88,7 +104,7 @@ def choose(cands: list[Candidate], stated_epsilon: float) -> tuple[Candidate, fl
     """The pick, the noise level used, and a one-paragraph explanation."""
     spreads = []
     for c in cands:
-        vals = [c.value, *c.fresh]
+        vals = c.fresh if len(c.fresh) >= 2 else [c.value, *c.fresh]
         if len(vals) >= 2:
             spreads.append(statistics.pstdev(vals))
     measured = max(spreads) if spreads else 0.0

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from embadvisor.advisor import rank
 from embadvisor.advisor.distributed import check_parallel_storage, run_local_workers
+from embadvisor.advisor.schedule import Calibration, Schedule, estimate_seconds, rung_of, schedule_from
 from embadvisor.advisor.search import (
     Search,
     SearchSettings,
@@ -33,6 +35,7 @@ from embadvisor.advisor.search import (
 )
 from embadvisor.advisor.workloads import Workload, cache_dir
 from embadvisor.errors import EmbAdvisorError
+from embadvisor.methods import get_method
 from embadvisor.units import format_size
 from embadvisor.version import __version__
 
@@ -87,6 +90,17 @@ def _stated_epsilon(task: str, best: float) -> float:
     return 0.001 if task == "ctr" else 0.01 * max(best, 1e-9)
 
 
+#: default time limit of a recommendation on a built-in workload (seconds, calibration included): the
+#: README's main job finishes within 5 minutes on 2 cores
+BUILTIN_TIME_LIMIT_S = 240.0
+#: default time limit on the user's data: this many times the calibrated estimate (methods slower than
+#: the calibrated one need the slack); ``time_limit_s`` caps it
+ESTIMATE_SLACK = 1.5
+#: share of the time limit calibration may use at most (and at most CALIBRATION_MAX_S)
+CALIBRATION_SHARE = 0.2
+CALIBRATION_MAX_S = 600.0
+
+
 def recommend(
     workload: Workload,
     settings: SearchSettings,
@@ -99,13 +113,24 @@ def recommend(
     workers: int = 1,
     heartbeat_s: int | None = None,
 ) -> dict[str, Any]:
-    """Search, rank and recommend; returns the recommendation (also stored on the study).
+    """Calibrate, search, re-train the finalists to convergence, rank and recommend.
+
+    The recommendation (also stored on the study) reports the pick's validation metric as the mean and
+    spread of its fresh-seed runs trained to convergence, with the samples and steps they trained; when a
+    time limit stopped any of them before validation stopped improving, ``undertrained`` says so and by
+    how much the metric was still rising.
+
+    Time limit: ``settings.time_limit_s`` caps everything (calibration included). When it is None the
+    limit is :data:`BUILTIN_TIME_LIMIT_S` on a built-in workload and :data:`ESTIMATE_SLACK` times the
+    calibrated estimate on the user's data, so every feasible method is tried and the promising ones
+    converge.
 
     ``workers > 1`` runs the trials in that many local worker processes on a shareable ``storage``
     (a journal file or a database URL); the torch threads are split between them.
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are user attrs, shown by history
     started = time.perf_counter()
+    t_start = time.time()
     search = Search(workload, settings)
     search.check_feasible()
     key = study_key(workload, settings)
@@ -116,8 +141,43 @@ def recommend(
             raise EmbAdvisorError("--workers needs a workload loaded from a file or a built-in default (it has no "
                                   "spec other processes can rebuild it from).")
     store = store if store is not None else open_storage(storage, heartbeat_s=heartbeat_s)
-    study = prepare_study(search, store, name, key)
+    study = make_study(search, store, name, key)
     full_fits = search.plans.get("full") is not None and search.plans["full"].feasible
+    builtin = bool(workload.spec and workload.spec.get("kind") == "default")
+    limit = settings.time_limit_s if settings.time_limit_s is not None else (
+        BUILTIN_TIME_LIMIT_S if builtin else None)
+
+    cal = study.user_attrs.get("calibration")
+    if search.schedule is None:
+        if study.user_attrs.get("schedule"):
+            search.schedule = Schedule.from_dict(study.user_attrs["schedule"])
+        else:
+            if on_phase:
+                on_phase("calibrating: training the simplest feasible method until validation stops improving")
+            cap = CALIBRATION_MAX_S if limit is None else min(CALIBRATION_MAX_S, CALIBRATION_SHARE * limit)
+            c = search.calibrate(cap)
+            cal = c.to_dict()
+            search.schedule = schedule_from(c, settings.train.batch_size)
+            study.set_user_attr("calibration", cal)
+            study.set_user_attr("schedule", search.schedule.to_dict())
+    sch = search.schedule
+    assert sch is not None
+    staged = sum(len(get_method(m).stages) > 1 for m in search.feasible) / max(1, len(search.feasible))
+    estimate = None
+    if cal:
+        estimate = estimate_seconds(sch, Calibration(**cal), search.n_candidates, settings.retrain_top,
+                                    settings.retrain_seeds, staged)
+        if limit is None:
+            limit = ESTIMATE_SLACK * estimate["total"] + (time.perf_counter() - started)
+        study.set_user_attr("estimate", estimate)
+    if on_phase and estimate is not None:
+        on_phase(f"estimate: {_duration(estimate['total'])} at the calibrated speed "
+                 f"({search.n_candidates} candidates, rungs of {', '.join(f'{r:,}' for r in sch.rungs)} samples; "
+                 f"slower methods take longer); time limit {_duration(limit) if limit else 'none'}")
+    deadline_all = None if limit is None else t_start + limit
+    reserve = 0.0 if estimate is None or limit is None else min(0.4 * limit, estimate["finalists"])
+    search_deadline = None if deadline_all is None else deadline_all - reserve
+    study = prepare_study(search, store, name, key, deadline=search_deadline)
 
     if on_phase:
         on_phase("search")
@@ -128,20 +188,30 @@ def recommend(
         run_local_workers(study, storage, workers, threads=settings.train.threads or 1, heartbeat_s=heartbeat_s,
                           on_trial=on_trial)
     else:
-        run_study(search, study, on_trial=on_trial, deadline=study.user_attrs.get("deadline"))
+        run_study(search, study, on_trial=on_trial, deadline=search_deadline)
     cands = rank.top_candidates(study, settings.retrain_top)
     if not cands:
         counts = trial_counts(study)
         raise EmbAdvisorError(f"no trial of study {name!r} completed ({counts['failed']} failed, {counts['pruned']} "
                               "pruned); see `embadvisor history " + name + "` for the reasons.")
     if on_phase:
-        on_phase("re-training the best candidates with fresh seeds")
+        on_phase(f"training the {len(cands)} finalists to convergence with {settings.retrain_seeds} fresh seeds")
+    search.deadline = deadline_all
     reports: dict[str, Any] = {}
+    metric = workload.data.metric
+    runs_left = len(cands) * settings.retrain_seeds
     for c in cands:
         for j in range(settings.retrain_seeds):
-            rep = search.retrain(c.method, c.use, c.fixed, seed=settings.seed + 1000 + j)
-            c.fresh.append(float(rep.fit.validation[workload.data.metric]))
-            c.fresh_latency.append(rep.fit.latency_ms)
+            share = None if deadline_all is None else max(1.0, (deadline_all - time.time()) / runs_left)
+            rep = search.retrain(c.method, c.use, c.fixed, seed=settings.seed + 1000 + j, lr=c.lr, time_cap_s=share)
+            runs_left -= 1
+            f = rep.fit
+            c.fresh.append(float(f.validation[metric]))
+            c.fresh_latency.append(f.latency_ms)
+            c.fresh_runs.append({"seed": settings.seed + 1000 + j, "value": float(f.validation[metric]),
+                                 "samples": f.samples, "steps": f.steps, "converged": f.converged,
+                                 "stopped": f.stopped, "rise_last_quarter": f.rise,
+                                 "curve": [[int(a), float(v)] for a, v in f.curve]})
             reports.setdefault(c.key, rep)
     best_value = max(c.mean for c in cands)
     win, eps, why = rank.choose(cands, settings.epsilon or _stated_epsilon(workload.task, best_value))
@@ -149,10 +219,13 @@ def recommend(
     rep = reports[win.key]
     test = rep.engine.evaluate(rep.model, "test") if rep.engine.has_split("test") else None
     target_plan = search.solve_target(win.method, win.use, win.fixed)
-    metric = workload.data.metric
     counts = trial_counts(study)
     if full_fits:
         why = f"The uncompressed tables fit the budget ({format_size(search.target_full)}). " + why
+    undertrained = undertrained_note(win, search, study)
+    evidence = {"runs": len(win.fresh), "mean": win.mean, "spread": win.spread,
+                "samples": [r["samples"] for r in win.fresh_runs], "steps": [r["steps"] for r in win.fresh_runs],
+                "converged": win.converged}
     rec: dict[str, Any] = {
         "method": win.method,
         "params": target_plan.params(),
@@ -162,8 +235,11 @@ def recommend(
         "train_bytes": target_plan.memory.train_bytes,
         "full_bytes": search.target_full,
         "ratio": search.ratio,
-        "metric": {"name": metric, "validation": win.mean, "test": test.get(metric) if test else None,
+        "metric": {"name": metric, "validation": win.mean, "spread": win.spread, "runs": len(win.fresh),
+                   "test": test.get(metric) if test else None,
                    "validation_all": rep.fit.validation, "test_all": test},
+        "evidence": evidence,
+        "undertrained": undertrained,
         "noise_epsilon": eps,
         "explanation": why,
         "full_fits": full_fits,
@@ -176,26 +252,66 @@ def recommend(
         "measured_on": "proxy" if workload.proxy else "target data",
         "extrapolated": (["serve_bytes", "train_bytes", "params"] if workload.proxy else []),
         "infeasible": {m: p.min_budget_bytes for m, p in search.plans.items() if not p.feasible},
+        "calibration": cal,
+        "schedule": sch.to_dict(),
+        "estimate_seconds": estimate["total"] if estimate else None,
+        "time_limit_s": limit,
         "seconds": time.perf_counter() - started,
-        "config": export_config(workload, settings, target_plan, win, test, name, storage),
+        "config": export_config(workload, settings, target_plan, win, test, name, storage, undertrained),
     }
     study.set_user_attr("recommendation", _jsonable(rec))
     return rec
 
 
-def prepare_study(search: Search, store: Any, name: str, key: dict[str, Any]) -> optuna.Study:
-    """Create or resume the study, store what workers elsewhere need to join it (``spec``, ``deadline``),
-    and enqueue each feasible method's solver default."""
+def undertrained_note(win: rank.Candidate, search: Search, study: optuna.Study) -> dict[str, Any] | None:
+    """None when the pick's evidence comes from runs trained to convergence through every rung; else what
+    was cut short and how much the metric was still rising over the last quarter of training."""
+    assert search.schedule is not None
+    problems = []
+    cut = [r for r in win.fresh_runs if not r["converged"]]
+    if cut:
+        problems.append(f"{len(cut)} of its {len(win.fresh_runs)} fresh-seed runs stopped on a cap "
+                        f"({cut[0]['stopped']}) before validation stopped improving")
+    reached = max((rung_of(t) for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE),
+                  default=0)
+    if reached < search.schedule.last:
+        problems.append(f"the search stopped at rung {reached} of {search.schedule.last}: candidates were "
+                        f"compared after {search.schedule.rungs[reached]:,} samples, not at convergence")
+    if not problems:
+        return None
+    rises = [r["rise_last_quarter"] for r in win.fresh_runs if r.get("rise_last_quarter") is not None]
+    rise = max(rises) if rises else None
+    text = "; ".join(problems)
+    if rise is not None:
+        text += f"; the metric rose {rise:+.4f} over the last quarter of training"
+    return {"reason": text + ". Allow more time (--time-limit) for converged evidence.",
+            "rise_last_quarter": rise, "runs_not_converged": len(cut), "rung_reached": reached}
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+def prepare_study(search: Search, store: Any, name: str, key: dict[str, Any], *,
+                  deadline: float | None = None) -> optuna.Study:
+    """Create or resume the study, store what workers elsewhere need to join it (``spec``, ``schedule``,
+    ``deadline``), and enqueue each feasible method's solver default. Without ``deadline`` the settings'
+    time limit counts from now."""
     settings = search.s
     study = make_study(search, store, name, key)
+    if search.schedule is not None and not study.user_attrs.get("schedule"):
+        study.set_user_attr("schedule", search.schedule.to_dict())
     study.set_user_attr("spec", {"workload": search.w.spec, "settings": settings.to_dict()})
-    study.set_user_attr("deadline", time.time() + settings.time_limit_s if settings.time_limit_s else None)
+    if deadline is None and settings.time_limit_s:
+        deadline = time.time() + settings.time_limit_s
+    study.set_user_attr("deadline", deadline)
     search.enqueue_defaults(study)
     return study
 
 
 def export_config(workload: Workload, settings: SearchSettings, plan: Any, win: rank.Candidate,
-                  test: dict[str, float] | None, study: str, storage: str | None) -> dict[str, Any]:
+                  test: dict[str, float] | None, study: str, storage: str | None,
+                  undertrained: dict[str, Any] | None = None) -> dict[str, Any]:
     """The self-contained config ``embadvisor.build_embedding`` rebuilds the module from."""
     import torch
 
@@ -209,8 +325,11 @@ def export_config(workload: Workload, settings: SearchSettings, plan: Any, win: 
         "scope": settings.scope,
         "memory": {"serve_bytes": plan.memory.serve_bytes, "train_bytes": plan.memory.train_bytes,
                    "full_bytes": plan.full_bytes, "breakdown": dict(plan.memory.breakdown)},
-        "metrics": {"name": metric, "validation": win.mean, "test": (test or {}).get(metric),
-                    "measured_on": "proxy" if workload.proxy else "target data"},
+        "metrics": {"name": metric, "validation": win.mean, "spread": win.spread, "runs": len(win.fresh),
+                    "samples": [r["samples"] for r in win.fresh_runs], "converged": win.converged,
+                    "undertrained": (undertrained or {}).get("reason"),
+                    "test": (test or {}).get(metric), "measured_on": "proxy" if workload.proxy else "target data"},
+        "training": {"lr": win.lr, "batch_size": settings.train.batch_size, "optimizer": settings.train.optimizer},
         "plan": plan.to_dict(),
         "provenance": {
             "study": study, "storage": storage or default_storage(), "data": workload.data.source,

@@ -151,17 +151,27 @@ def print_train(result: Any) -> None:
     facts.add_row("serving bytes (measured, exported)", f"{format_size(d['serve_bytes'])} ({d['serve_bytes']:,} B)")
     facts.add_row("training bytes (estimate incl. optimizer)", format_size(d["train_bytes"]))
     facts.add_row("full tables", format_size(d["full_bytes"]))
-    facts.add_row("train time", f"{d['train_seconds']:.1f} s ({d['steps']} steps, {d['stopped']})")
+    facts.add_row("train time", f"{d['train_seconds']:.1f} s ({d['steps']} steps, {d['samples']:,} samples, "
+                  f"{d['stopped']})")
+    facts.add_row("converged", convergence_text(d["converged"], d.get("rise_last_quarter")))
     facts.add_row("training throughput", f"{d['samples_per_second']:,.0f} samples/s")
     facts.add_row("inference latency per batch", f"{d['latency_ms']:.2f} ms")
     facts.add_row("peak RSS", format_size(d["peak_rss_bytes"]))
     out.print(facts)
 
 
+def convergence_text(converged: bool, rise: float | None) -> str:
+    """'yes' for a run early stopping ended, else how much its metric still rose over its last quarter."""
+    if converged:
+        return "yes (validation stopped improving)"
+    rise_txt = "" if rise is None else f"; the metric rose {rise:+.4f} over the last quarter of training"
+    return f"NO: stopped by a cap before validation stopped improving{rise_txt}"
+
+
 class SearchProgress:
     """A rich progress display on stderr: trials done, best so far, elapsed and remaining time."""
 
-    def __init__(self, trials: int, time_limit: float | None, enabled: bool = True) -> None:
+    def __init__(self, trials: int | None, time_limit: float | None, enabled: bool = True) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.enabled = enabled
@@ -190,14 +200,18 @@ class SearchProgress:
             self.best = trial.value
         done = sum(1 for t in study.trials if t.state.is_finished())
         elapsed = time.perf_counter() - self._t0
-        remaining = f", search stops starting trials in {max(0.0, self.time_limit - elapsed):.0f}s" \
-            if self.time_limit else ""
-        last = f"{trial.params.get('method')} {trial.state.name.lower()}"
+        remaining = f", time limit in {max(0.0, self.time_limit - elapsed):.0f}s" if self.time_limit else ""
+        last = f"{trial.params.get('method')} rung {trial.user_attrs.get('rung', 0)} {trial.state.name.lower()}"
         best = f"best {self.best:.4f}" if self.best is not None else "best -"
-        self.progress.update(self.task_id, completed=min(done, self.trials), info=f"{best} | last: {last}{remaining}")
+        done = done if self.trials is None else min(done, self.trials)
+        self.progress.update(self.task_id, completed=done, info=f"{best} | last: {last}{remaining}")
 
     def on_phase(self, phase: str) -> None:
-        self.progress.update(self.task_id, description=phase)
+        """Show the phase; a phase with details after a colon is also printed as a line on stderr."""
+        head, _, detail = phase.partition(":")
+        if detail and self.enabled:
+            self.progress.console.print(f"[dim]{phase}[/]")
+        self.progress.update(self.task_id, description=head)
 
 
 def print_recommendation(rec: dict[str, Any]) -> None:
@@ -207,21 +221,31 @@ def print_recommendation(rec: dict[str, Any]) -> None:
     table = Table(title=f"ranked candidates ({rec['trials']['complete']} complete, {rec['trials']['pruned']} pruned, "
                   f"{rec['trials']['failed']} failed trials; budget {format_size(budget)} {rec['scope']})")
     for col, just in [("#", "right"), ("method", "left"), ("key settings", "left"), ("serve", "right"),
-                      ("% of budget", "right"), (f"val {metric} (trial)", "right"), ("re-trained", "right"),
+                      ("% of budget", "right"), (f"val {metric} (search)", "right"), ("fresh seeds", "right"),
                       ("latency ms", "right")]:
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     for i, c in enumerate(rec["ranking"], 1):
         mark = "[bold green]*[/]" if c["trial"] == rec["ranking"][0]["trial"] and c["method"] == rec["method"] else ""
         table.add_row(f"{i}{mark}", c["method"], _short_params(c["params"], 50), format_size(c["serve_bytes"]),
-                      f"{c['serve_bytes'] / budget:.0%}", f"{c['value']:.4f}",
+                      f"{c['serve_bytes'] / budget:.0%}",
+                      f"{c['value']:.4f}" + (f" (rung {c['rung']})" if "rung" in c else ""),
                       ", ".join(f"{v:.4f}" for v in c["fresh"]) or "-", f"{c['latency_ms']:.1f}")
     out.print(table)
     test = rec["metric"]["test"]
     out.print(f"[bold]recommended: {rec['method']}[/] {_short_params(rec['params'], 200)}")
     out.print(f"  serving {format_size(rec['serve_bytes'])} of {format_size(budget)} budget "
               f"(full tables {format_size(rec['full_bytes'])}), training {format_size(rec['train_bytes'])}")
-    out.print(f"  validation {metric} {rec['metric']['validation']:.4f}"
+    ev = rec.get("evidence")
+    spread = rec["metric"].get("spread")
+    how = ""
+    if ev:
+        how = (f" (mean of {ev['runs']} fresh-seed runs" + (f", std {spread:.4f}" if spread is not None else "")
+               + f", {min(ev['samples']):,}-{max(ev['samples']):,} samples each, "
+               + ("each trained until validation stopped improving)" if ev["converged"] else "NOT all converged)"))
+    out.print(f"  validation {metric} {rec['metric']['validation']:.4f}{how}"
               + (f", test {metric} {test:.4f} (test split evaluated once, for this pick)" if test is not None else ""))
+    if rec.get("undertrained"):
+        out.print(f"  [bold yellow]under-trained evidence:[/] {rec['undertrained']['reason']}")
     out.print(f"  why: {rec['explanation']}")
     if rec.get("proxy"):
         out.print(f"  [dim]metrics and latency were measured on the proxy; {', '.join(rec['extrapolated'])} are "

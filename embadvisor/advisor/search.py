@@ -7,11 +7,13 @@ other hyperparameters; the size knob is then solved so every sampled configurati
 construction (Optuna's constraints are soft and would not guarantee it). Parameter names are
 namespaced per method (``qr.operation``) since Optuna refuses one name with two distributions.
 
-Single-objective (validation metric) with a median pruner on the metric reported at every evaluation,
-from half of a trial's steps on (:data:`PRUNE_FROM_SHARE`); TPE with ``multivariate=True, group=True`` over the conditional space; every feasible method's
-solver default is enqueued first, so each method is evaluated at least once. Trials record the
-method, the full config, serving and training bytes (target and proxy), validation metrics,
-training time, latency and failure reasons as user attributes (visible in optuna-dashboard).
+Single-objective (validation metric), TPE with ``multivariate=True, group=True`` over the conditional
+space; every feasible method's solver default is enqueued first, so each method is evaluated at least
+once. How long a trial trains comes from a calibrated successive-halving schedule
+(:mod:`embadvisor.advisor.schedule`): every candidate gets a short run, the best third a longer one,
+and the best of those train to convergence. Trials record the method, the full config, serving and
+training bytes (target and proxy), the rung, the learning curve, validation metrics, training time,
+latency and failure reasons as user attributes (visible in optuna-dashboard).
 """
 
 from __future__ import annotations
@@ -31,23 +33,26 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from embadvisor.advisor.schedule import Calibration, Schedule, promotions, rung_of
 from embadvisor.advisor.workloads import Workload
 from embadvisor.errors import EmbAdvisorError, InfeasibleError, InvalidConfigError
-from embadvisor.methods import Plan, get_method, list_methods, solve
-from embadvisor.tasks.api import TrainReport, train
-from embadvisor.tasks.trainer import TrainConfig, TrainingDiverged, planned_steps
+from embadvisor.methods import Plan, Stage, get_method, list_methods, solve
+from embadvisor.tasks.api import TrainReport, serve_bytes_over, train
+from embadvisor.tasks.trainer import TrainConfig, TrainingDiverged, stage_plan
 from embadvisor.units import format_size
 from embadvisor.version import __version__
 
-__all__ = ["SearchSettings", "StudyMismatch", "Search", "is_counted", "run_study", "study_key"]
+__all__ = ["LR_RANGE", "SearchSettings", "StudyMismatch", "Search", "is_counted", "run_study", "study_key"]
 
 BUDGET_USE = (0.6, 1.0)
-#: a trial may be pruned once it has trained this share of its steps. Earlier, compressed models are
-#: still near 0.5 AUC and methods that prune or search their structure during training (autosrh,
-#: deeplight, pep) trail the rest: pruning at the 1st of 10 evaluations cut the eventual best methods
-#: (benchmarks/advisor_quality.py, session 2), and at 20% of its steps the README main job cut
-#: autosrh, the advisor_quality benchmark's best method on the synthetic Criteo workload
-PRUNE_FROM_SHARE = 0.5
+#: the learning rate a sampled trial uses is the base ``train.lr`` times a factor from this range (log-uniform);
+#: solver defaults use the base. Sparse tables and compressed parameterisations often want a larger step
+#: than the dense MLP default, and methods differ in how much.
+LR_RANGE = (1 / 3, 10.0)
+#: calibration trains at most this many epochs (early stopping ends it sooner)
+CALIBRATION_EPOCHS = 30
+#: retrieval trials evaluate on this many validation users (a fixed seeded sample) during the search
+EVAL_USERS = 5000
 
 
 class StudyMismatch(EmbAdvisorError):
@@ -63,35 +68,45 @@ class SearchSettings:
         scope: ``serve`` (serving storage) or ``train`` (training memory incl. optimizer state).
         model: CTR model (ignored for retrieval).
         methods: restrict the search to these methods (default: all registered).
-        trials: trials to run in total (a resumed study only runs the missing ones).
-        time_limit_s: stop proposing new trials after this long.
+        trials: candidates trained at the first rung (None = twice the feasible methods: each method's
+            solver default and as many sampled settings); promoted candidates are extra trials.
+        time_limit_s: cap on the whole recommendation (calibration, search, finalists); None = derived
+            from the calibrated estimate (see :func:`embadvisor.advisor.recommend.recommend`).
         seed: sampler and training seed.
-        train: training settings of each trial.
-        retrain_top: how many of the best distinct configurations are re-trained before the pick.
-        retrain_seeds: fresh seeds per re-trained configuration.
-        retrain_factor: re-training runs this many times the trial's epochs.
+        train: base training settings of each trial (batch size, learning rate, optimizer, threads).
+        schedule: the rungs; None = calibrated on the data before the search.
+        retrain_top: how many of the best configurations of the last rung are re-trained before the pick.
+        retrain_seeds: fresh seeds per re-trained configuration (trained to convergence, all users).
         epsilon: stated noise level of the metric (AUC points, or relative for recall); the larger
             of this and the measured seed spread decides what counts as a tie.
+        eval_users: retrieval trials evaluate on a fixed seeded sample of this many validation users
+            during the search (None = all); finalists and reported figures always use all users.
+        search_lr: whether sampled trials search the learning rate (:data:`LR_RANGE` times ``train.lr``).
     """
 
     budget_bytes: int
     scope: str = "serve"
     model: str = "dlrm"
     methods: tuple[str, ...] | None = None
-    trials: int = 16
+    trials: int | None = None
     time_limit_s: float | None = None
     seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
-    retrain_top: int = 3
-    retrain_seeds: int = 1
-    retrain_factor: float = 1.0
+    schedule: Schedule | None = None
+    retrain_top: int = 2
+    retrain_seeds: int = 2
     epsilon: float | None = None
+    eval_users: int | None = EVAL_USERS
+    search_lr: bool = True
 
     def __post_init__(self) -> None:
         if self.scope not in ("serve", "train"):
             raise InvalidConfigError(f"`scope` must be 'serve' or 'train', but got scope={self.scope!r}.")
-        if self.trials < 1:
+        if self.trials is not None and self.trials < 1:
             raise InvalidConfigError(f"`trials` must be >= 1, but got trials={self.trials!r}.")
+        if self.retrain_top < 1 or self.retrain_seeds < 1:
+            raise InvalidConfigError("`retrain_top` and `retrain_seeds` must be >= 1, but got "
+                                     f"retrain_top={self.retrain_top!r}, retrain_seeds={self.retrain_seeds!r}.")
         if self.methods is not None:
             for m in self.methods:
                 get_method(m)
@@ -100,6 +115,7 @@ class SearchSettings:
         """JSON-able form (stored on the study so workers on other machines run the same search)."""
         d = dataclasses.asdict(self)
         d["methods"] = list(self.methods) if self.methods is not None else None
+        d["schedule"] = self.schedule.to_dict() if self.schedule is not None else None
         return d
 
     @classmethod
@@ -107,6 +123,7 @@ class SearchSettings:
         d = dict(d)
         d["train"] = TrainConfig(**d.get("train", {}))
         d["methods"] = tuple(d["methods"]) if d.get("methods") is not None else None
+        d["schedule"] = Schedule.from_dict(d["schedule"]) if d.get("schedule") else None
         return cls(**d)
 
 
@@ -124,6 +141,8 @@ def study_key(workload: Workload, settings: SearchSettings) -> dict[str, Any]:
         "model": settings.model if workload.task == "ctr" else "two-tower",
         "methods": sorted(settings.methods) if settings.methods else "all",
         "train": dataclasses.asdict(settings.train) | {"seed": settings.seed, "threads": None},
+        "search": {"trials": settings.trials, "eval_users": settings.eval_users, "search_lr": settings.search_lr,
+                   "schedule": settings.schedule.to_dict() if settings.schedule is not None else "calibrated"},
     }
 
 
@@ -161,6 +180,39 @@ class Search:
         names = settings.methods or tuple(list_methods())
         self.plans = {m: self.solve_target(m, 1.0, {}) for m in names}
         self.feasible = [m for m, p in self.plans.items() if p.feasible]
+        #: rung-0 candidates
+        self.n_candidates = settings.trials or 2 * max(1, len(self.feasible))
+        #: the rungs (set by calibration when the settings leave them open)
+        self.schedule: Schedule | None = settings.schedule
+        #: wall-clock time after which no trial starts and running ones stop training (epoch seconds)
+        self.deadline: float | None = None
+
+    def engine_options(self, *, sampled: bool) -> dict[str, Any]:
+        """Task-engine options: retrieval evaluates a seeded user sample during the search."""
+        if self.w.task == "retrieval" and sampled and self.s.eval_users:
+            return {"eval_users": self.s.eval_users, "eval_seed": self.s.seed}
+        return {}
+
+    def trial_config(self, rung: int | None, seed: int, lr: float | None = None,
+                     time_cap_s: float | None = None) -> TrainConfig:
+        """Training settings of a trial at ``rung`` (None = the last rung: to convergence)."""
+        if self.schedule is None:
+            raise InvalidConfigError("the search has no schedule yet: calibrate first (recommend() does it).")
+        sch = self.schedule
+        resource = sch.rungs[sch.last if rung is None else rung]
+        cap = self.s.train.time_budget_s
+        if time_cap_s is not None:
+            cap = time_cap_s if cap is None else min(cap, time_cap_s)
+        if self.deadline is not None:
+            left = max(1.0, self.deadline - time.time())
+            cap = left if cap is None else min(cap, left)
+        lr_kw: dict[str, Any] = {}
+        if lr is not None:
+            lr_kw = {"lr": lr, "embedding_lr": None if self.s.train.embedding_lr is None else
+                     self.s.train.embedding_lr * lr / self.s.train.lr}
+        return dataclasses.replace(self.s.train, evaluate_test=False, seed=seed, max_samples=resource,
+                                   eval_every_samples=sch.eval_every_samples, stage_samples=sch.stage_samples,
+                                   patience=sch.patience, time_budget_s=cap, **lr_kw)
 
     # -- planning --------------------------------------------------------------------------
     def solve_target(self, method: str, use: float, fixed: dict[str, Any]) -> Plan:
@@ -199,17 +251,17 @@ class Search:
         from embadvisor.advisor.rank import simplicity
 
         done = {t.params.get("method") for t in study.trials}
-        for m in sorted(self.feasible, key=lambda m: (simplicity(m), m)):
+        for m in sorted(self.feasible, key=lambda m: (simplicity(m), m))[: self.n_candidates]:
             if m not in done:
-                study.enqueue_trial({"method": m, f"{m}.budget_use": 1.0}, user_attrs={"solver_default": True},
-                                    skip_if_exists=True)
+                study.enqueue_trial({"method": m, f"{m}.budget_use": 1.0},
+                                    user_attrs={"solver_default": True, "rung": 0}, skip_if_exists=True)
 
     def objective(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        if is_surplus(trial, self.s.trials):
-            # another worker started the study's last trial a moment before this one was created
+        if is_surplus(trial, self.n_candidates):
+            # another worker started the rung's last trial a moment before this one was created
             trial.set_user_attr("surplus", True)
-            raise optuna.TrialPruned(f"surplus: the study already has its {self.s.trials} trials")
+            raise optuna.TrialPruned("surplus: the rung already has its trials")
         try:
             return self._objective(trial)
         except KeyboardInterrupt:
@@ -217,15 +269,21 @@ class Search:
             raise
 
     def _objective(self, trial: optuna.Trial) -> float:
+        rung = rung_of(trial)  # type: ignore[arg-type]
+        trial.set_user_attr("rung", rung)
         method = trial.suggest_categorical("method", self.feasible)
         use = 1.0 if method == "full" else trial.suggest_float(f"{method}.budget_use", *BUDGET_USE)
         # the enqueued default leaves every setting to the solver (e.g. dpq's per-table codebooks)
-        fixed = {} if trial.user_attrs.get("solver_default") else {
-            k: suggest(trial, f"{method}.{k}", d) for k, d in self.space(method).items()}
+        default = bool(trial.user_attrs.get("solver_default"))
+        fixed = {} if default else {k: suggest(trial, f"{method}.{k}", d) for k, d in self.space(method).items()}
+        base_lr = self.s.train.lr
+        lr = base_lr if default or not self.s.search_lr else trial.suggest_float(
+            f"{method}.lr", base_lr * LR_RANGE[0], base_lr * LR_RANGE[1], log=True)
         target = self.solve_target(method, use, fixed)
         proxy = self.solve_proxy(method, use, fixed)
         trial.set_user_attr("method", method)
         trial.set_user_attr("fixed", fixed)
+        trial.set_user_attr("lr", lr)
         if not (target.feasible and proxy.feasible):
             reason = target.reason or proxy.reason or "infeasible"
             trial.set_user_attr("failure", f"settings do not fit the budget: {reason}")
@@ -236,46 +294,78 @@ class Search:
         trial.set_user_attr("proxy_serve_bytes", proxy.memory.serve_bytes)
         trial.set_constraint("memory_over_budget", float(target.bytes - self.s.budget_bytes))
 
-        cfg = dataclasses.replace(self.s.train, evaluate_test=False, seed=self.s.seed)
-        prune_from = PRUNE_FROM_SHARE * planned_steps(cfg, self.w.data.num_train)
+        cfg = self.trial_config(rung, self.s.seed, lr)
+        trial.set_user_attr("resource", cfg.max_samples)
 
-        def report(step: int, value: float) -> None:
-            trial.report(value, step)
-            if step >= prune_from and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at step {step} (validation {value:.4f})")
+        def report(step: int, value: float, final_samples: int | None) -> None:
+            if final_samples is not None:
+                trial.report(value, final_samples)
 
         try:
             rep = train(self.w.data, proxy, model=self.s.model, dim=self.dim, config=cfg, callback=report,
-                        seed=self.s.seed)
+                        seed=self.s.seed, engine_options=self.engine_options(sampled=True))
         except TrainingDiverged as e:
             trial.set_user_attr("failure", str(e))
-            raise
-        except optuna.TrialPruned:
             raise
         except Exception as e:  # a trial that raises is recorded as failed; the search goes on
             trial.set_user_attr("failure", f"{type(e).__name__}: {e}")
             raise
         metric = self.w.data.metric
-        trial.set_user_attr("measured_proxy_serve_bytes", rep.fit.serve_bytes)
+        f = rep.fit
+        trial.set_user_attr("measured_proxy_serve_bytes", f.serve_bytes)
         limit = proxy.memory.serve_bytes if self.s.scope == "serve" else None
-        if limit is not None and rep.fit.serve_bytes > limit * 1.001 + 64:
+        if limit is not None and serve_bytes_over(limit, f.serve_bytes):
             # data-dependent methods (e.g. dedup without enough similar blocks) can miss their target
-            msg = (f"the trained serving form holds {rep.fit.serve_bytes:,} bytes, more than its budget share "
+            msg = (f"the trained serving form holds {f.serve_bytes:,} bytes, more than its budget share "
                    f"{limit:,}: target unreachable on this data")
             trial.set_user_attr("failure", msg)
             raise RuntimeError(msg)
-        trial.set_user_attr("validation", rep.fit.validation)
-        trial.set_user_attr("train_seconds", rep.fit.train_seconds)
-        trial.set_user_attr("latency_ms", rep.fit.latency_ms)
-        return float(rep.fit.validation[metric])
+        trial.set_user_attr("validation", f.validation)
+        trial.set_user_attr("train_seconds", f.train_seconds)
+        trial.set_user_attr("latency_ms", f.latency_ms)
+        trial.set_user_attr("samples", f.samples)
+        trial.set_user_attr("steps", f.steps)
+        trial.set_user_attr("stopped", f.stopped)
+        trial.set_user_attr("converged", f.converged)
+        trial.set_user_attr("rise", f.rise)
+        trial.set_user_attr("curve", [[int(a), float(v)] for a, v in f.curve])
+        trial.set_user_attr("final_curve", [[int(a), float(v)] for a, v in f.final_curve])
+        return float(f.validation[metric])
 
-    def retrain(self, method: str, use: float, fixed: dict[str, Any], seed: int) -> TrainReport:
-        """Re-train one configuration with a fresh seed and more steps (no test evaluation)."""
+    def calibrate(self, time_cap_s: float | None = None) -> Calibration:
+        """Train the simplest feasible single-stage method with early stopping and measure its convergence
+        horizon, speed and evaluation cost (see :mod:`embadvisor.advisor.schedule`)."""
+        from embadvisor.advisor.rank import simplicity
+
+        single = [m for m in self.feasible if len(get_method(m).stages) == 1] or self.feasible
+        method = min(single, key=lambda m: (simplicity(m), m))
+        proxy = self.solve_proxy(method, 1.0, {})
+        n, bs = self.w.data.num_train, self.s.train.batch_size
+        every = stage_plan(dataclasses.replace(self.s.train, max_samples=n, eval_every=None, eval_every_samples=None),
+                           n, (Stage("train"),))[1] * bs  # as `embadvisor train`: every epoch, at most 256 steps
+        cap = time_cap_s if self.s.train.time_budget_s is None else min(time_cap_s or math.inf,
+                                                                          self.s.train.time_budget_s)
+        cfg = dataclasses.replace(self.s.train, evaluate_test=False, seed=self.s.seed,
+                                  max_samples=CALIBRATION_EPOCHS * max(n, 1), eval_every_samples=every, patience=3,
+                                  stage_samples=None, time_budget_s=cap)
+        t0 = time.perf_counter()
+        rep = train(self.w.data, proxy, model=self.s.model, dim=self.dim, config=cfg, seed=self.s.seed,
+                    engine_options=self.engine_options(sampled=True))
+        f = rep.fit
+        best_at, best = max(f.final_curve, key=lambda p: (p[1], -p[0])) if f.final_curve else (f.samples, math.nan)
+        return Calibration(method=method, horizon_samples=int(max(best_at, every)), samples_trained=f.samples,
+                           converged=f.converged, samples_per_second=f.samples_per_second, eval_every_samples=every,
+                           eval_seconds=f.eval_seconds / max(1, len(f.curve) + 1), value=float(best),
+                           seconds=time.perf_counter() - t0)
+
+    def retrain(self, method: str, use: float, fixed: dict[str, Any], seed: int, *, lr: float | None = None,
+                time_cap_s: float | None = None) -> TrainReport:
+        """Re-train one configuration to convergence (the last rung's cap) with a fresh seed, evaluated on all
+        validation users; no test evaluation."""
         proxy = self.solve_proxy(method, use, fixed)
-        tc = self.s.train
-        cfg = dataclasses.replace(tc, evaluate_test=False, seed=seed, epochs=tc.epochs * self.s.retrain_factor,
-                                  max_steps=None if tc.max_steps is None else int(tc.max_steps * self.s.retrain_factor))
-        return train(self.w.data, proxy, model=self.s.model, dim=self.dim, config=cfg, seed=seed)
+        cfg = self.trial_config(None, seed, lr, time_cap_s)
+        return train(self.w.data, proxy, model=self.s.model, dim=self.dim, config=cfg, seed=seed,
+                     engine_options=self.engine_options(sampled=False))
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
@@ -301,11 +391,16 @@ def is_counted(t: optuna.trial.FrozenTrial) -> bool:
     return t.state == TrialState.FAIL and "failure" in t.user_attrs
 
 
-def is_surplus(trial: optuna.Trial, n_trials: int) -> bool:
-    """True when ``n_trials`` counted or running trials were created before this one."""
-    ahead = sum(1 for t in trial.study.get_trials(deepcopy=False)
-                if t.number < trial.number and (t.state == TrialState.RUNNING or is_counted(t)))
-    return ahead >= n_trials
+def is_surplus(trial: optuna.Trial, n_candidates: int) -> bool:
+    """True when the trial's rung already had its trials before this one was created: ``n_candidates``
+    counted or running rung-0 trials, or (at a later rung) an earlier trial promoted from the same parent."""
+    rung = rung_of(trial)  # type: ignore[arg-type]
+    before = [t for t in trial.study.get_trials(deepcopy=False)
+              if t.number < trial.number and rung_of(t) == rung and (t.state == TrialState.RUNNING or is_counted(t))]
+    if rung == 0:
+        return len(before) >= n_candidates
+    parent = trial.user_attrs.get("parent")
+    return any(t.user_attrs.get("parent") == parent for t in before)
 
 
 def heartbeat_enabled(study: optuna.Study) -> bool:
@@ -314,16 +409,58 @@ def heartbeat_enabled(study: optuna.Study) -> bool:
     return is_heartbeat_enabled(study._storage)
 
 
+#: user attributes a re-run of a trial keeps
+RERUN_ATTRS = ("solver_default", "rung", "parent")
+
+
 def recover_abandoned(study: optuna.Study) -> int:
     """For single-process storages (SQLite, journal) before a lone run: fail and re-enqueue trials a killed
     earlier process left RUNNING. Returns how many."""
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number,
-                                                  "solver_default": bool(t.user_attrs.get("solver_default"))})
+        attrs = {k: t.user_attrs[k] for k in RERUN_ATTRS if k in t.user_attrs}
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, **attrs})
         n += 1
     return n
+
+
+def next_step(search: Search, study: optuna.Study) -> str:
+    """What a worker does next: ``run`` a trial, ``wait`` for running ones, or stop (``done``).
+
+    Rung 0 takes trials until it has ``n_candidates``; once every trial of rung k has finished, the
+    promoted configurations (:func:`embadvisor.advisor.schedule.promotions`) are enqueued at rung k+1.
+    """
+    assert search.schedule is not None
+    sch = search.schedule
+    trials = study.get_trials(deepcopy=False)
+    by_rung: dict[int, list[optuna.trial.FrozenTrial]] = {}
+    for t in trials:
+        by_rung.setdefault(rung_of(t), []).append(t)
+    rung0 = by_rung.get(0, [])
+    counted0 = sum(map(is_counted, rung0))
+    running0 = sum(t.state == TrialState.RUNNING for t in rung0)
+    if counted0 + running0 < search.n_candidates:
+        return "run"
+    for k in range(sch.last + 1):
+        here = by_rung.get(k, [])
+        if any(t.state == TrialState.WAITING for t in here) and k > 0:
+            return "run"
+        if any(t.state == TrialState.RUNNING for t in here):
+            return "wait"
+        if k == sch.last:
+            return "done"
+        minimum = min(search.s.retrain_top, search.n_candidates) if k == sch.last - 1 else 1
+        promoted = promotions(trials, k, sch.eta, minimum=minimum)
+        have = {t.user_attrs.get("parent") for t in by_rung.get(k + 1, [])
+                if t.state != TrialState.FAIL or is_counted(t)}
+        missing = [p for p in promoted if p.number not in have]
+        for p in missing:
+            study.enqueue_trial(p.params, user_attrs={"rung": k + 1, "parent": p.number,
+                                                      "solver_default": bool(p.user_attrs.get("solver_default"))})
+        if missing:
+            return "run"
+    return "done"
 
 
 def run_study(
@@ -334,30 +471,37 @@ def run_study(
     deadline: float | None = None,
     poll_s: float = 1.0,
 ) -> None:
-    """Run trials until the study has ``trials`` counted trials (:func:`is_counted`) or the deadline passes.
+    """Run trials rung by rung (:func:`next_step`) until the last rung is done or the deadline passes.
 
-    Safe with many workers on one study: a trial is started only while counted + running trials are
-    fewer than ``trials``; with heartbeats (RDB storages) a worker waits for running trials and
-    Optuna fails and re-runs the trials of dead workers (``fail_stale_trials`` + the retry callback).
+    Safe with many workers on one study: a rung-0 trial is started only while counted + running rung-0
+    trials are fewer than ``n_candidates``, and a rung is promoted only once all its trials finished;
+    with heartbeats (RDB storages) Optuna fails and re-runs the trials of dead workers
+    (``fail_stale_trials`` + the retry callback).
     """
-    s = search.s
-    if deadline is None and s.time_limit_s is not None:
-        deadline = time.time() + s.time_limit_s
+    if deadline is None and search.s.time_limit_s is not None:
+        deadline = time.time() + search.s.time_limit_s
+    search.deadline = deadline
     heartbeat = heartbeat_enabled(study)
     callbacks = [on_trial] if on_trial else []
+    waited = 0.0
     while deadline is None or time.time() < deadline:
-        trials = study.get_trials(deepcopy=False)
-        done = sum(map(is_counted, trials))
-        running = sum(t.state == TrialState.RUNNING for t in trials)
-        if done >= s.trials:
+        step = next_step(search, study)
+        if step == "done":
             return
-        if done + running >= s.trials:
-            if not heartbeat:
+        if step == "wait":
+            if heartbeat:
+                optuna.storages.fail_stale_trials(study)
+            elif waited > STALL_S:
                 return  # without heartbeats a dead worker's trial cannot be told from a live one
-            optuna.storages.fail_stale_trials(study)
             time.sleep(poll_s)
+            waited += poll_s
             continue
+        waited = 0.0
         study.optimize(search.objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=True)
+
+
+#: without heartbeats, a worker waiting for other workers' running trials gives up after this long
+STALL_S = 1800.0
 
 
 def make_study(search: Search, storage: Any, name: str, key: dict[str, Any], *,
@@ -374,7 +518,7 @@ def make_study(search: Search, storage: Any, name: str, key: dict[str, Any], *,
     with warnings.catch_warnings():  # `group` is flagged experimental; we rely on it on purpose
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=4)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0, interval_steps=1)
+    pruner = optuna.pruners.NopPruner()  # the rungs decide (embadvisor.advisor.schedule)
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler,
                                 pruner=pruner, load_if_exists=True)
     old = study.user_attrs.get("key")

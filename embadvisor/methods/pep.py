@@ -111,16 +111,18 @@ class PepEmbedding(PrunedEmbedding):
             if self.retraining:
                 return w * self.mask[ids]
             t = self._sigmoid_all()
-            return soft_threshold(w, t[ids] if self.row_thresholds else t)
+            return soft_threshold(w, t[ids] if self.row_thresholds else t) * self.mask[ids]
         self._sig = None  # the evaluation cache (table-sized for per-entry thresholds)
         uniq, inverse = self.dedup(ids)
         w = self.embedding(uniq)
         if self.retraining:
             self._touched.append(uniq)
             return (w * self.mask[uniq])[inverse]
+        self.mask.index_fill_(0, uniq, 1)  # looked up by the search
         s = F.embedding(uniq, self.threshold, sparse=True) if self.row_thresholds else self.threshold
-        e = soft_threshold(w, torch.sigmoid(s))
-        self._batch.append(e)
+        t = torch.sigmoid(s)
+        e = soft_threshold(w, t)
+        self._batch.append(torch.relu(w.detach().abs() - t))  # |e|, differentiable in the thresholds only
         return e[inverse]
 
     def effective_block(self, start: int, stop: int) -> torch.Tensor:
@@ -128,7 +130,7 @@ class PepEmbedding(PrunedEmbedding):
         if self.retraining:
             return w * self.mask[start:stop]
         t = self._sigmoid_all()
-        return soft_threshold(w, t[start:stop] if self.row_thresholds else t)
+        return soft_threshold(w, t[start:stop] if self.row_thresholds else t) * self.mask[start:stop]
 
     def mode_key(self) -> Any:
         return self.retraining
@@ -152,6 +154,7 @@ class PepEmbedding(PrunedEmbedding):
             self.start_retrain()
         elif stage.name == "search":
             self.retraining = False
+            self.mask.zero_()  # from now on: the rows the search looked up
 
     @torch.no_grad()
     def start_retrain(self) -> None:

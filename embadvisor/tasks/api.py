@@ -27,10 +27,38 @@ from embadvisor.tasks.retrieval import RetrievalEngine, RetrievalTensors, TwoTow
 from embadvisor.tasks.trainer import FitResult, TrainConfig, fit, set_threads
 from embadvisor.units import format_size
 
-__all__ = ["DEFAULT_RATIO", "TaskData", "TrainReport", "build_task", "plan_for", "train"]
+__all__ = ["DEFAULT_BATCH", "DEFAULT_DIM", "DEFAULT_RATIO", "MAX_EPOCHS", "TaskData", "convergence_config",
+           "default_batch_size", "TrainReport", "build_task", "over_budget_warnings", "plan_for",
+           "serve_bytes_over", "train"]
 
 #: Compression ratio used by ``train`` when no budget is given.
 DEFAULT_RATIO = 0.25
+#: per task: the batch size on data large enough for it (see :func:`default_batch_size`) and the embedding dim
+DEFAULT_BATCH = {"ctr": 4096, "retrieval": 1024}
+DEFAULT_DIM = {"ctr": 16, "retrieval": 64}
+#: training to convergence stops on validation; this many epochs is only the cap
+MAX_EPOCHS = 100
+#: an epoch has at least this many steps with the default batch size
+MIN_STEPS_PER_EPOCH = 64
+
+
+def default_batch_size(task: str, num_train: int) -> int:
+    """The task's batch size, halved (not below 64) until an epoch has at least :data:`MIN_STEPS_PER_EPOCH`
+    steps: 4096 CTR rows on an 8,000-row file would be two steps an epoch."""
+    b = DEFAULT_BATCH[task]
+    while b > 64 and num_train / b < MIN_STEPS_PER_EPOCH:
+        b //= 2
+    return b
+
+
+def convergence_config(data: TaskData, **overrides: Any) -> TrainConfig:
+    """Training to convergence on ``data``: early stopping on validation (patience 3 evaluations, one every
+    epoch or every 256 steps, whichever comes first), capped at :data:`MAX_EPOCHS` epochs; the batch size
+    from :func:`default_batch_size`. ``overrides`` replace any field."""
+    kw: dict[str, Any] = {"batch_size": default_batch_size(data.task, data.num_train), "patience": 3,
+                          "max_samples": MAX_EPOCHS * max(1, data.num_train)}
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**kw)
 
 
 @dataclass
@@ -138,8 +166,12 @@ class TrainReport:
             "latency_ms": f.latency_ms,
             "peak_rss_bytes": f.peak_rss_bytes,
             "steps": f.steps,
+            "samples": f.samples,
             "stopped": f.stopped,
+            "converged": f.converged,
+            "rise_last_quarter": f.rise,
             "history": f.history,
+            "curve": f.curve,
         } | self.extra
 
 
@@ -188,8 +220,9 @@ def train(
     dim: int = 16,
     config: TrainConfig | None = None,
     fixed: dict[str, Any] | None = None,
-    callback: Callable[[int, float], None] | None = None,
+    callback: Callable[[int, float, int | None], None] | None = None,
     seed: int = 0,
+    engine_options: dict[str, Any] | None = None,
 ) -> TrainReport:
     """Train ``method`` (or a ready :class:`Plan`) on ``data`` and evaluate it.
 
@@ -202,8 +235,13 @@ def train(
         dim: embedding dim.
         config: training settings.
         fixed: method hyperparameters held fixed while solving the size knob.
-        callback: called with ``(step, validation metric)`` at each evaluation (pruning).
+        callback: called with ``(step, validation metric, final-stage samples or None)`` at each evaluation.
         seed: seed for initialisation and shuffling.
+        engine_options: keyword arguments for the task engine (e.g. retrieval's ``eval_users``).
+
+    The report's ``warnings`` list says when the trained serving form holds more bytes than the plan's
+    budget (data-dependent methods such as dedup can miss their target on data without enough similar
+    blocks).
     """
     config = config or TrainConfig(seed=seed)
     set_threads(config.threads)
@@ -212,7 +250,24 @@ def train(
     torch.manual_seed(seed)
     emb = build_collection(plan)
     emb.prepare(data.counts())
-    net, engine = build_task(data, emb, model)
+    net, engine = build_task(data, emb, model, **(engine_options or {}))
     result = fit(engine, net, emb, config, callback=callback)
+    warnings = over_budget_warnings(plan, result.serve_bytes, budget_bytes if scope == "serve" else None)
     return TrainReport(data.task, plan.method, plan, result, model if data.task == "ctr" else "two-tower",
-                       plan.memory.serve_bytes, model=net, engine=engine)
+                       plan.memory.serve_bytes, extra={"warnings": warnings}, model=net, engine=engine)
+
+
+def serve_bytes_over(limit: float, measured: int) -> bool:
+    """Whether a trained serving form of ``measured`` bytes misses a ``limit`` (0.1% + 64 bytes of slack)."""
+    return measured > limit * 1.001 + 64
+
+
+def over_budget_warnings(plan: Plan, measured: int, budget_bytes: float | None) -> list[str]:
+    """Warnings when the trained serving form is larger than planned (and than the budget, if one was given)."""
+    limit = plan.memory.serve_bytes if budget_bytes is None else min(budget_bytes, plan.memory.serve_bytes)
+    if not serve_bytes_over(limit, measured):
+        return []
+    what = f"the budget {format_size(budget_bytes)}" if budget_bytes is not None else \
+        f"the planned {format_size(plan.memory.serve_bytes)}"
+    return [f"the trained {plan.method} serving form holds {format_size(measured)} ({measured:,} bytes), "
+            f"{measured / max(limit, 1):.1f}x {what}: the method could not reach its target on this data"]

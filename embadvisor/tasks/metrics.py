@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["auc", "logloss", "ranking_metrics", "topk_items"]
+__all__ = ["auc", "logloss", "ranking_metrics", "ranking_metrics_per_user", "sampled_metric_stderr", "topk_items"]
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -76,16 +76,17 @@ def topk_items(
     return out
 
 
-def ranking_metrics(
+def ranking_metrics_per_user(
     top: torch.Tensor,
     truth_indptr: np.ndarray,
     truth_items: np.ndarray,
     ks: Sequence[int] = (10, 20, 50),
-) -> dict[str, float]:
-    """Recall@K and NDCG@K averaged over users with at least one held-out item.
+) -> dict[str, np.ndarray]:
+    """Per-user Recall@K and NDCG@K for the users with at least one held-out item.
 
-    Recall@K = hits in the top K / min(K, #held-out) is NOT used; we use the common definition
-    hits / #held-out (as LightGCN / SimpleX report on this split).
+    Row ``u`` of ``top`` is scored against ``truth_items[truth_indptr[u]:truth_indptr[u+1]]``. Users with
+    no held-out item are left out (they have no recall), so each array has one float64 entry per user
+    with held-out items, in user order. :func:`ranking_metrics` is the mean of these arrays.
     """
     top_np = top.numpy()
     n_users = top_np.shape[0]
@@ -99,8 +100,7 @@ def ranking_metrics(
     key_top = (np.arange(n_users, dtype=np.int64)[:, None] * (1 << 32) + top_np).ravel()
     hits = np.isin(key_top, key_truth).reshape(n_users, kmax)
     discounts = 1.0 / np.log2(np.arange(2, kmax + 2))
-    out: dict[str, float] = {}
-    n_valid = max(1, int(valid.sum()))
+    out: dict[str, np.ndarray] = {}
     for k in ks:
         kk = min(k, kmax)
         h = hits[:, :kk]
@@ -108,7 +108,45 @@ def ranking_metrics(
         dcg = (h * discounts[:kk]).sum(1)
         ideal = np.cumsum(discounts[:kk])[np.minimum(sizes, kk) - 1]
         ndcg = np.where(sizes > 0, dcg / np.where(sizes > 0, ideal, 1.0), 0.0)
-        out[f"recall@{k}"] = float(recall[valid].sum() / n_valid)
-        out[f"ndcg@{k}"] = float(ndcg[valid].sum() / n_valid)
+        out[f"recall@{k}"] = recall[valid]
+        out[f"ndcg@{k}"] = ndcg[valid]
     return out
 
+
+def ranking_metrics(
+    top: torch.Tensor,
+    truth_indptr: np.ndarray,
+    truth_items: np.ndarray,
+    ks: Sequence[int] = (10, 20, 50),
+) -> dict[str, float]:
+    """Recall@K and NDCG@K averaged over users with at least one held-out item.
+
+    Recall@K = hits in the top K / min(K, #held-out) is NOT used; we use the common definition
+    hits / #held-out (as LightGCN / SimpleX report on this split). Users without held-out items
+    count neither in the numerator nor in the denominator (0.0 when no user has any).
+    """
+    per_user = ranking_metrics_per_user(top, truth_indptr, truth_items, ks)
+    return {name: float(v.sum() / max(1, v.size)) for name, v in per_user.items()}
+
+
+def sampled_metric_stderr(per_user_values: np.ndarray, n_population: int) -> float:
+    """Standard error of a sample mean of a per-user metric as an estimate of the population mean.
+
+    ``per_user_values`` are the metric values of ``n`` users drawn uniformly without replacement from
+    ``n_population`` users; the mean over the whole population is the quantity estimated. The error is
+    ``s / sqrt(n) * sqrt((N - n) / (N - 1))``: the sample standard deviation ``s`` (ddof=1) over
+    ``sqrt(n)``, times the finite-population correction, which shrinks it to 0.0 when ``n == N`` (the
+    sample is the population). It measures the sampling noise only, not training noise between runs.
+    NaN when ``1 <= n < 2 <= N`` (no spread to estimate from one user).
+    """
+    v = np.asarray(per_user_values, dtype=np.float64).ravel()
+    n, big_n = int(v.size), int(n_population)
+    if n > big_n:
+        raise ValueError(f"a sample without replacement cannot exceed its population, but got {n} values "
+                         f"and n_population={big_n}.")
+    if n == big_n:
+        return 0.0
+    if n < 2:
+        return float("nan")
+    fpc = np.sqrt((big_n - n) / (big_n - 1))
+    return float(v.std(ddof=1) / np.sqrt(n) * fpc)

@@ -7,6 +7,19 @@ out of the history while training). Training: in-batch softmax over cosine score
 temperature and the log-Q popularity correction (Yi et al., RecSys 2019), accidental hits masked;
 optional extra uniformly sampled negatives. Evaluation: every user against the full item corpus,
 training items excluded, exact top-K by chunked matrix products.
+
+Sampled validation (``RetrievalEngine(eval_users=n)``): during a search, validation over tens of
+thousands of users can cost more than the training it judges. With ``eval_users`` set, validation
+scores a fixed, seeded sample of ``n`` of the ``N`` users who have validation items (drawn once;
+the same users at every call) against the whole item corpus, and averages over them, so the value
+is an unbiased estimate of the all-users value with standard error
+``s / sqrt(n) * sqrt((N - n) / (N - 1))`` (``s``: the per-user metric's standard deviation), reported
+as ``"recall@20_stderr"``. Measured on movielens-1m-implicit (6,022 users, N = 5,455 with
+validation items; two-tower ``full`` at dim 16 after 600 steps of batch 1024, Recall@20 = 0.187,
+per-user std s = 0.252): 0.0010 at n = 5,000 and 0.0072 at n = 1,000 (the spread over 200 seeds
+was 0.0010 and 0.0066). Validation took 34 ms at n = 1,000, 66 ms at 2,000 and 163 ms at 5,000
+against 195 ms for all users (median of 3, 1 thread; nearly all of it the scoring and top-K).
+The test split and ``evaluate(..., full=True)`` always use all users.
 """
 
 from __future__ import annotations
@@ -19,11 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embadvisor.errors import InvalidConfigError
 from embadvisor.methods import EmbeddingCollection
 from embadvisor.profiles.schema import TableSpec
-from embadvisor.tasks.metrics import ranking_metrics, topk_items
+from embadvisor.tasks.metrics import ranking_metrics, ranking_metrics_per_user, sampled_metric_stderr, topk_items
 
-__all__ = ["RetrievalEngine", "RetrievalTensors", "TwoTower", "csr_from_pairs"]
+__all__ = ["RetrievalEngine", "RetrievalTensors", "TwoTower", "csr_from_pairs", "csr_rows"]
 
 
 def csr_from_pairs(users: np.ndarray, items: np.ndarray, num_users: int) -> tuple[np.ndarray, np.ndarray]:
@@ -33,6 +47,18 @@ def csr_from_pairs(users: np.ndarray, items: np.ndarray, num_users: int) -> tupl
     indptr = np.zeros(num_users + 1, dtype=np.int64)
     np.cumsum(np.bincount(users, minlength=num_users), out=indptr[1:])
     return indptr, np.asarray(items, dtype=np.int64)[order]
+
+
+def csr_rows(indptr: np.ndarray, items: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The CSR ``(indptr, items)`` restricted to ``rows`` (row ``j`` of the result is row ``rows[j]``)."""
+    indptr = np.asarray(indptr, dtype=np.int64)
+    rows = np.asarray(rows, dtype=np.int64)
+    starts, sizes = indptr[rows], indptr[rows + 1] - indptr[rows]
+    out_ptr = np.zeros(rows.size + 1, dtype=np.int64)
+    np.cumsum(sizes, out=out_ptr[1:])
+    # positions of every kept element in the original items array
+    pos = np.repeat(starts - out_ptr[:-1], sizes) + np.arange(int(out_ptr[-1]), dtype=np.int64)
+    return out_ptr, np.asarray(items, dtype=np.int64)[pos]
 
 
 @dataclass
@@ -126,17 +152,52 @@ class TwoTower(nn.Module):
 
 
 class RetrievalEngine:
-    """In-batch sampled softmax with log-Q correction; validation metric Recall@20."""
+    """In-batch sampled softmax with log-Q correction; validation metric Recall@20.
+
+    Args:
+        data: the dataset and its split.
+        num_negatives: extra uniformly sampled negatives per batch.
+        ks: cut-offs of the reported Recall@K / NDCG@K.
+        eval_chunk: users per matrix product in evaluation.
+        eval_users: validate on a fixed random sample of this many of the users who have validation
+            items (None = all of them). The sample is drawn once, here, with
+            ``numpy.random.default_rng(eval_seed)`` and used by every ``evaluate(model, "valid")``;
+            user vectors are computed for the sampled users only, item vectors for the whole corpus,
+            and each metric is the mean over the sample, the same definition as the all-users value
+            (a mean over users with at least one validation item), of which it is an unbiased
+            estimate. ``evaluate`` then also returns ``"recall@20_stderr"``, the standard error the
+            sampling adds: ``s / sqrt(n) * sqrt((N - n) / (N - 1))`` for per-user Recall@20 standard
+            deviation ``s``, ``n`` sampled of ``N`` users (see
+            :func:`~embadvisor.tasks.metrics.sampled_metric_stderr`). On movielens-1m-implicit
+            (N = 5,455, trained two-tower Recall@20 0.187, s = 0.252) it is 0.252 / sqrt(5000) * 0.289
+            = 0.0010 at 5,000 users and 0.252 / sqrt(1000) * 0.904 = 0.0072 at 1,000 users. Trust
+            differences of several standard errors only, and re-evaluate the final pick with
+            ``full=True``. A value >= N uses every user (exact; stderr 0.0).
+        eval_seed: seed of that sample (the same seed gives the same users).
+    """
 
     metric = "recall@20"
     higher_is_better = True
 
     def __init__(self, data: RetrievalTensors, *, num_negatives: int = 0, ks: tuple[int, ...] = (10, 20, 50),
-                 eval_chunk: int = 2048) -> None:
+                 eval_chunk: int = 2048, eval_users: int | None = None, eval_seed: int = 0) -> None:
         self.data = data
         self.num_negatives = num_negatives
         self.ks = ks
         self.eval_chunk = eval_chunk
+        if eval_users is not None and (isinstance(eval_users, bool) or not isinstance(eval_users, (int, np.integer))
+                                       or eval_users < 1):
+            raise InvalidConfigError(f"`eval_users` must be a positive int or None, but got eval_users={eval_users!r}.")
+        self.eval_users = None if eval_users is None else int(eval_users)
+        self.eval_seed = eval_seed
+        # the validation population: users with at least one validation item
+        self.valid_population = np.flatnonzero(np.diff(np.asarray(data.valid[0], dtype=np.int64)) > 0)
+        #: the sampled validation users (sorted), or None when validation uses every user
+        self.eval_user_ids: np.ndarray | None = None
+        if self.eval_users is not None and self.eval_users < self.valid_population.size:
+            rng = np.random.default_rng(eval_seed)
+            pick = rng.choice(self.valid_population.size, size=self.eval_users, replace=False)
+            self.eval_user_ids = np.sort(self.valid_population[pick])
         q = data.item_counts / max(1, data.item_counts.sum())
         self.log_q = torch.from_numpy(np.log(np.maximum(q, 1e-12))).float()
         self.gen = torch.Generator().manual_seed(0)
@@ -164,24 +225,45 @@ class RetrievalEngine:
         return F.cross_entropy(logits, torch.arange(items.numel()))
 
     @torch.no_grad()
-    def _vectors(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    def _vectors(self, model: nn.Module, users: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """User vectors of ``users`` (default: every user) and item vectors of the whole corpus."""
         assert isinstance(model, TwoTower)
         model.eval()
         d = self.data
-        users = torch.arange(d.num_users)
-        uv = torch.cat([model.user_vectors(users[s : s + 8192]) for s in range(0, d.num_users, 8192)])
+        if users is None:
+            users = torch.arange(d.num_users)
+        uv = torch.cat([model.user_vectors(users[s : s + 8192]) for s in range(0, int(users.numel()), 8192)])
         items = torch.arange(d.num_items)
         iv = torch.cat([model.item_vectors(items[s : s + 65536]) for s in range(0, d.num_items, 65536)])
         return uv, iv
 
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, split: str, *, full: bool = False) -> dict[str, float]:
+        """Recall@K and NDCG@K on ``split`` (``valid`` or ``test``), averaged over users with held-out items.
+
+        With ``eval_users`` set, ``valid`` uses the engine's fixed user sample unless ``full=True``, and
+        the result also holds ``"recall@20_stderr"``: the sampling standard error of Recall@20 as an
+        estimate of the all-users value (0.0 when every user was evaluated). ``test`` always uses every
+        user.
+        """
         d = self.data
         truth = d.valid if split == "valid" else d.test
         assert truth is not None
         seen = d.seen if split == "valid" else d.seen_with_valid
-        uv, iv = self._vectors(model)
+        users = self.eval_user_ids if split == "valid" and not full else None
+        if users is None:
+            uv, iv = self._vectors(model)
+        else:
+            uv, iv = self._vectors(model, torch.from_numpy(users))
+            seen, truth = csr_rows(*seen, users), csr_rows(*truth, users)
         top = topk_items(uv, iv, max(self.ks), seen_indptr=seen[0], seen_items=seen[1], chunk=self.eval_chunk)
-        return ranking_metrics(top, truth[0], truth[1], self.ks)
+        if self.eval_users is None:
+            return ranking_metrics(top, truth[0], truth[1], self.ks)
+        per_user = ranking_metrics_per_user(top, truth[0], truth[1], self.ks)
+        out = {name: float(v.sum() / max(1, v.size)) for name, v in per_user.items()}
+        if "recall@20" in per_user:
+            population = per_user["recall@20"].size if users is None else self.valid_population.size
+            out["recall@20_stderr"] = sampled_metric_stderr(per_user["recall@20"], population)
+        return out
 
     @torch.no_grad()
     def latency_ms(self, model: nn.Module, batch: int = 1024, repeats: int = 5) -> float:

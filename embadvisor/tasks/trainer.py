@@ -22,11 +22,12 @@ from torch import nn
 
 from embadvisor._constraints import Interval, Options, validate_fields
 from embadvisor.errors import EmbAdvisorError
-from embadvisor.methods import EmbeddingCollection
+from embadvisor.methods import EmbeddingCollection, Stage
 from embadvisor.methods._hugepages import hugepage_empty
 from embadvisor.tasks.optim import FusedSparseAdam
 
-__all__ = ["FitResult", "TrainConfig", "TrainingDiverged", "TaskEngine", "fit", "planned_steps", "set_threads"]
+__all__ = ["FitResult", "TrainConfig", "TrainingDiverged", "TaskEngine", "curve_rise", "fit", "planned_steps",
+           "set_threads", "stage_plan"]
 
 
 class TrainingDiverged(EmbAdvisorError):
@@ -42,11 +43,20 @@ class TrainConfig:
         lr: learning rate of the model (MLPs, towers).
         embedding_lr: learning rate of the embedding tables (default: ``lr``).
         batch_size: samples per step.
-        epochs: passes over the training split (fractions allowed).
+        epochs: passes over the training split (fractions allowed); ignored when ``max_samples`` is set.
         max_steps: hard cap on steps (None = from epochs).
+        max_samples: the training resource in samples: a cap on the samples the final stage trains (early
+            stopping usually ends it sooner). Earlier stages of multi-stage methods train
+            ``stage_samples`` scaled by their declared budget fractions (see :func:`stage_plan`).
+            None = train by ``epochs``.
+        stage_samples: with ``max_samples``: the convergence horizon the earlier stages are sized from
+            (None = ``min(max_samples, 3 epochs)``).
+        eval_every_samples: with ``max_samples``: evaluate every this many samples (None = every epoch, at most
+            every 256 steps).
         time_budget_s: stop training after this many seconds (None = no limit).
         eval_every: evaluate on validation every this many steps (None = 10 times per run).
         patience: evaluations without improvement before early stopping (0 = never stop early).
+        min_delta: an evaluation improves on the best only by more than this.
         seed: seed for shuffling.
         threads: torch intra-op threads (None = leave as is).
         keep_best: restore the best validation state at the end.
@@ -59,9 +69,13 @@ class TrainConfig:
     batch_size: int = field(default=4096, metadata={"constraint": Interval(int, 1, None)})
     epochs: float = field(default=1.0, metadata={"constraint": Interval(float, 0, None, "neither")})
     max_steps: int | None = None
+    max_samples: int | None = None
+    stage_samples: int | None = None
+    eval_every_samples: int | None = None
     time_budget_s: float | None = None
     eval_every: int | None = None
     patience: int = field(default=3, metadata={"constraint": Interval(int, 0, None)})
+    min_delta: float = field(default=0.0, metadata={"constraint": Interval(float, 0, None)})
     seed: int = 0
     threads: int | None = None
     keep_best: bool = True
@@ -104,6 +118,11 @@ class FitResult:
     stopped: str
     serve_bytes: int = 0
     train_bytes: int = 0
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    final_stage_from: int = 0
+    converged: bool = False
+    rise: float | None = None
+    eval_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,14 +130,65 @@ class FitResult:
             "validation": self.validation, "test": self.test, "history": self.history, "steps": self.steps,
             "samples": self.samples, "train_seconds": self.train_seconds,
             "samples_per_second": self.samples_per_second, "latency_ms": self.latency_ms,
-            "peak_rss_bytes": self.peak_rss_bytes, "stopped": self.stopped,
+            "peak_rss_bytes": self.peak_rss_bytes, "stopped": self.stopped, "converged": self.converged,
+            "rise_last_quarter": self.rise, "curve": self.curve, "final_stage_from": self.final_stage_from,
+            "eval_seconds": self.eval_seconds,
         }
+
+    @property
+    def final_curve(self) -> list[tuple[int, float]]:
+        """The final stage's evaluations as (samples trained in the final stage, value)."""
+        return [(s - self.final_stage_from, v) for s, v in self.curve if s > self.final_stage_from]
 
 
 def planned_steps(cfg: TrainConfig, num_train: int) -> int:
-    """Optimizer steps a run of ``cfg`` over ``num_train`` training examples takes unless it stops early."""
-    total = max(1, math.ceil(cfg.epochs * max(1, math.ceil(num_train / cfg.batch_size))))
+    """Optimizer steps a run of ``cfg`` over ``num_train`` training examples takes unless it stops early
+    (single-stage methods; see :func:`stage_plan` for several stages)."""
+    if cfg.max_samples is not None:
+        total = max(1, math.ceil(cfg.max_samples / cfg.batch_size))
+    else:
+        total = max(1, math.ceil(cfg.epochs * max(1, math.ceil(num_train / cfg.batch_size))))
     return total if cfg.max_steps is None else min(total, max(1, cfg.max_steps))
+
+
+def stage_plan(cfg: TrainConfig, num_train: int, stages: tuple[Stage, ...]) -> tuple[list[int], int]:
+    """Steps per stage (at most; the final stage may stop early) and the evaluation interval in steps.
+
+    By epochs (``max_samples`` None): the planned steps are split by the stages' budget fractions and
+    evaluation runs 10 times per run unless ``eval_every`` is set.
+
+    By samples: the final stage trains up to ``max_samples``; each earlier stage trains
+    ``stage_samples * its fraction / the final stage's fraction``, so a search stage keeps its declared
+    proportion to one convergence horizon of the final stage however long the final stage may run.
+    Evaluation runs every ``eval_every_samples`` (default: every epoch, at most every 256 steps).
+    """
+    bs = cfg.batch_size
+    per_epoch = max(1, math.ceil(num_train / bs))
+    if cfg.max_samples is None:
+        total = planned_steps(cfg, num_train)
+        return [max(1, round(total * s.budget_fraction)) for s in stages], cfg.eval_every or max(1, total // 10)
+    horizon = cfg.stage_samples or min(cfg.max_samples, 3 * num_train)
+    final = stages[-1].budget_fraction
+    steps = [max(1, math.ceil(horizon * s.budget_fraction / final / bs)) for s in stages[:-1]]
+    steps.append(planned_steps(cfg, num_train))
+    if cfg.eval_every_samples:
+        every = max(1, math.ceil(cfg.eval_every_samples / bs))
+    else:
+        every = cfg.eval_every or max(1, min(per_epoch, 256))
+    return steps, every
+
+
+def curve_rise(curve: list[tuple[int, float]], sign: float, tail: float = 0.25) -> float | None:
+    """How much the best value rose over the last ``tail`` share of the samples in ``curve`` (oriented so
+    that a positive number means improving); None with fewer than two points."""
+    if len(curve) < 2:
+        return None
+    start = curve[0][0]
+    cut = start + (1.0 - tail) * (curve[-1][0] - start)
+    before = [v for s, v in curve if s <= cut]
+    if not before:
+        return None
+    return max(0.0, max(sign * v for _, v in curve) - max(sign * v for v in before))
 
 
 def set_threads(threads: int | None) -> None:
@@ -205,46 +275,58 @@ def fit(
     model: nn.Module,
     emb: EmbeddingCollection,
     cfg: TrainConfig,
-    callback: Callable[[int, float], None] | None = None,
+    callback: Callable[[int, float, int | None], None] | None = None,
 ) -> FitResult:
-    """Train ``model`` (whose embeddings are ``emb``) on ``engine``; see the module docstring."""
+    """Train ``model`` (whose embeddings are ``emb``) on ``engine``; see the module docstring.
+
+    ``callback(step, value, final_samples)`` is called at every evaluation; ``final_samples`` is the number
+    of samples the final stage has trained so far (None during earlier stages).
+    """
     set_threads(cfg.threads)
     n = engine.num_train()
-    total = planned_steps(cfg, n)
-    eval_every = cfg.eval_every or max(1, total // 10)
     stages = emb.stages
-    stage_steps = [max(1, round(total * s.budget_fraction)) for s in stages]
+    stage_steps, eval_every = stage_plan(cfg, n, stages)
     opts = _optimizers(model, emb, cfg)
     emb.on_train_start(cfg.optimizer, cfg.embedding_lr or cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     sign = 1.0 if engine.higher_is_better else -1.0
     history: list[tuple[int, float]] = []
+    curve: list[tuple[int, float]] = []
     best_value, best_state, bad_evals = -math.inf, None, 0
-    step, samples, train_time = 0, 0, 0.0
-    stopped = "completed"
-    start_all = time.perf_counter()
+    step, samples, train_time, eval_time = 0, 0, 0.0, 0.0
+    final_from = 0
+    stopped = "completed" if cfg.max_samples is None else "resource cap reached"
+    converged = False
     order = torch.randperm(n, generator=gen)
     pos = 0
 
     def evaluate(final_stage: bool) -> bool:
         """Evaluate; return True to stop early."""
-        nonlocal best_value, best_state, bad_evals
+        nonlocal best_value, best_state, bad_evals, eval_time
+        t0 = time.perf_counter()
         value = engine.evaluate(model, "valid")[engine.metric]
+        eval_time += time.perf_counter() - t0
         history.append((step, value))
+        curve.append((samples, value))
         if callback is not None:
-            callback(step, value)
+            callback(step, value, samples - final_from if final_stage else None)
         if not final_stage:
             return False
-        if sign * value > best_value:
+        if sign * value > best_value + cfg.min_delta:
             best_value, bad_evals = sign * value, 0
             if cfg.keep_best:
                 best_state = copy.deepcopy(model.state_dict())
         else:
+            if sign * value > best_value and cfg.keep_best:  # better, but not by min_delta: still keep it
+                best_value = sign * value
+                best_state = copy.deepcopy(model.state_dict())
             bad_evals += 1
         return cfg.patience > 0 and bad_evals >= cfg.patience
 
     for si, (stage, n_steps) in enumerate(zip(stages, stage_steps, strict=True)):
         final_stage = si == len(stages) - 1
+        if final_stage:
+            final_from = samples
         emb.on_stage_start(stage)
         stage_budget = None if cfg.time_budget_s is None else cfg.time_budget_s * stage.budget_fraction
         stage_time = 0.0
@@ -274,7 +356,7 @@ def fit(
             train_time += dt
             stage_time += dt
             if step % eval_every == 0 and evaluate(final_stage):
-                stopped, stop_stage = "early stopping on validation", True
+                stopped, stop_stage, converged = "early stopping on validation", True, True
                 break
             if stage_budget is not None and stage_time >= stage_budget:
                 stopped = "time budget reached"
@@ -287,10 +369,12 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     emb.export()
+    t0 = time.perf_counter()
     validation = engine.evaluate(model, "valid")
+    eval_time += time.perf_counter() - t0
     test = engine.evaluate(model, "test") if cfg.evaluate_test and engine.has_split("test") else None
     latency = engine.latency_ms(model)
-    del start_all
+    final_curve = [(s - final_from, v) for s, v in curve if s > final_from]
     return FitResult(
         validation=validation,
         test=test,
@@ -303,4 +387,9 @@ def fit(
         peak_rss_bytes=peak_rss_bytes(),
         stopped=stopped,
         serve_bytes=emb.measured_memory(),
+        curve=curve,
+        final_stage_from=final_from,
+        converged=converged,
+        rise=curve_rise(final_curve, sign),
+        eval_seconds=eval_time,
     )

@@ -67,7 +67,7 @@ def test_retrieval_learns_beyond_popularity(retrieval_data) -> None:
 def test_callback_sees_every_evaluation_and_test_is_optional(ctr_data) -> None:
     seen: list[tuple[int, float]] = []
     cfg = TrainConfig(batch_size=256, max_steps=9, eval_every=3, patience=0, evaluate_test=False)
-    rep = train(ctr_data, "hash", config=cfg, callback=lambda s, v: seen.append((s, v)))
+    rep = train(ctr_data, "hash", config=cfg, callback=lambda s, v, _f: seen.append((s, v)))
     assert [s for s, _ in seen] == [3, 6, 9]
     assert rep.fit.test is None
 
