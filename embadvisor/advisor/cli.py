@@ -56,6 +56,19 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def parse_rungs(text: str | None, batch_size: int) -> Any:
+    """``--rungs 20000,60000`` as a schedule (None = calibrate)."""
+    if text is None:
+        return None
+    from embadvisor.advisor.schedule import Schedule
+
+    try:
+        values = [int(float(x)) for x in text.split(",") if x.strip()]
+    except (ValueError, OverflowError):
+        raise fail(f"--rungs must be comma-separated sample counts such as 20000,60000, but got {text!r}.") from None
+    return Schedule.from_rungs(values, batch_size)
+
+
 def emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
@@ -282,6 +295,8 @@ StorageOpt = Annotated[str | None, typer.Option(help="Optuna storage URL (defaul
 BatchSizeOpt = Annotated[int | None, typer.Option(help="Batch size (default 4096 CTR, 1024 retrieval, halved on "
                                                   "small data so an epoch has at least 64 steps).", min=1)]
 LrOpt = Annotated[float, typer.Option(help="Base learning rate (sampled trials search 1/3x-10x of it).", min=0.0)]
+RungsOpt = Annotated[str | None, typer.Option(help="Training samples of each successive-halving rung, e.g. "
+                                             "20000,60000,240000 (default: calibrated on the data).")]
 TrialsOpt = Annotated[int | None, typer.Option(help="Candidates at the first rung (default: twice the feasible "
                                                "methods); the best are promoted and trained longer.", min=1)]
 ThreadsOpt = Annotated[int, typer.Option(help="torch threads.", min=1)]
@@ -304,7 +319,8 @@ def recommend(
     model: ModelOpt = "dlrm",
     methods_opt: MethodsOpt = None,
     trials: TrialsOpt = None,
-    time_limit: Annotated[str | None, typer.Option(help="Cap on the whole run, e.g. 10m (default: 4 min on the "
+    rungs: RungsOpt = None,
+    time_limit: Annotated[str | None, typer.Option(help="Cap on the whole run, e.g. 10m (default: 4.5 min on the "
                                                    "built-in workloads, 1.5x the calibrated estimate on your "
                                                    "data).")] = None,
     storage: StorageOpt = None,
@@ -401,6 +417,7 @@ def recommend(
     settings = SearchSettings(
         budget_bytes=nbytes, scope=budget_scope, model=model, methods=method_list, trials=trials,
         time_limit_s=limit, seed=seed, train=TrainConfig(batch_size=bs, lr=lr, threads=threads, seed=seed),
+        schedule=parse_rungs(rungs, bs),
     )
     err.print(f"[dim]{workload.description}[/]")
     with report.SearchProgress(None, limit, enabled=not as_json) as progress:
@@ -517,6 +534,7 @@ def pareto(
     model: ModelOpt = "dlrm",
     methods_opt: MethodsOpt = None,
     trials: TrialsOpt = None,
+    rungs: RungsOpt = None,
     time_limit: Annotated[str | None, typer.Option(help="Per budget: cap on the run (default: as recommend).")]
     = None,
     storage: StorageOpt = None,
@@ -548,11 +566,11 @@ def pareto(
     err = report.console_err()
     workload = build_workload(task, data=data, profile_spec=profile_spec, fmt=fmt, label=label, fields=fields,
                               seed=seed, on_progress=lambda m: err.print(f"[dim]{m}[/]"))
+    bs = batch_size or default_batch_size(task, workload.data.num_train)
     settings = SearchSettings(
         budget_bytes=sizes[0], scope=budget_scope, model=model, methods=method_list, trials=trials,
         time_limit_s=limit, seed=seed,
-        train=TrainConfig(batch_size=batch_size or default_batch_size(task, workload.data.num_train), lr=lr,
-                          threads=threads, seed=seed),
+        train=TrainConfig(batch_size=bs, lr=lr, threads=threads, seed=seed), schedule=parse_rungs(rungs, bs),
     )
 
     started: list[int] = []

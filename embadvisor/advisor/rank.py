@@ -72,7 +72,7 @@ class Candidate:
 
     def to_dict(self) -> dict[str, Any]:
         return {"trial": self.trial, "method": self.method, "params": self.params, "budget_use": self.use,
-                "lr": self.lr, "rung": self.rung, "value": self.value, "fresh": self.fresh, "mean": self.mean,
+                "fixed": self.fixed, "lr": self.lr, "rung": self.rung, "value": self.value, "fresh": self.fresh, "mean": self.mean,
                 "spread": self.spread, "converged": self.converged, "fresh_runs": self.fresh_runs,
                 "latency_ms": self.serve_latency_ms, "trial_latency_ms": self.latency_ms,
                 "train_bytes": self.train_bytes, "serve_bytes": self.serve_bytes}

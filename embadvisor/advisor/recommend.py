@@ -92,7 +92,7 @@ def _stated_epsilon(task: str, best: float) -> float:
 
 #: default time limit of a recommendation on a built-in workload (seconds, calibration included): the
 #: README's main job finishes within 5 minutes on 2 cores
-BUILTIN_TIME_LIMIT_S = 240.0
+BUILTIN_TIME_LIMIT_S = 270.0
 #: default time limit on the user's data: this many times the calibrated estimate (methods slower than
 #: the calibrated one need the slack); ``time_limit_s`` caps it
 ESTIMATE_SLACK = 1.5
@@ -222,8 +222,9 @@ def recommend(
     counts = trial_counts(study)
     if full_fits:
         why = f"The uncompressed tables fit the budget ({format_size(search.target_full)}). " + why
-    undertrained = undertrained_note(win, search, study)
-    evidence = {"runs": len(win.fresh), "mean": win.mean, "spread": win.spread,
+    undertrained = undertrained_note(win)
+    incomplete = search_note(search, study)
+    evidence = {"trial": win.trial, "runs": len(win.fresh), "mean": win.mean, "spread": win.spread,
                 "samples": [r["samples"] for r in win.fresh_runs], "steps": [r["steps"] for r in win.fresh_runs],
                 "converged": win.converged}
     rec: dict[str, Any] = {
@@ -240,6 +241,7 @@ def recommend(
                    "validation_all": rep.fit.validation, "test_all": test},
         "evidence": evidence,
         "undertrained": undertrained,
+        "search_incomplete": incomplete,
         "noise_epsilon": eps,
         "explanation": why,
         "full_fits": full_fits,
@@ -263,29 +265,32 @@ def recommend(
     return rec
 
 
-def undertrained_note(win: rank.Candidate, search: Search, study: optuna.Study) -> dict[str, Any] | None:
-    """None when the pick's evidence comes from runs trained to convergence through every rung; else what
-    was cut short and how much the metric was still rising over the last quarter of training."""
-    assert search.schedule is not None
-    problems = []
+def undertrained_note(win: rank.Candidate) -> dict[str, Any] | None:
+    """None when every fresh-seed run of the pick stopped because validation stopped improving; else how
+    many a cap stopped first and how much the metric was still rising over their last quarter."""
     cut = [r for r in win.fresh_runs if not r["converged"]]
-    if cut:
-        problems.append(f"{len(cut)} of its {len(win.fresh_runs)} fresh-seed runs stopped on a cap "
-                        f"({cut[0]['stopped']}) before validation stopped improving")
-    reached = max((rung_of(t) for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE),
-                  default=0)
-    if reached < search.schedule.last:
-        problems.append(f"the search stopped at rung {reached} of {search.schedule.last}: candidates were "
-                        f"compared after {search.schedule.rungs[reached]:,} samples, not at convergence")
-    if not problems:
+    if not cut:
         return None
-    rises = [r["rise_last_quarter"] for r in win.fresh_runs if r.get("rise_last_quarter") is not None]
+    rises = [r["rise_last_quarter"] for r in cut if r.get("rise_last_quarter") is not None]
     rise = max(rises) if rises else None
-    text = "; ".join(problems)
+    text = (f"{len(cut)} of the pick's {len(win.fresh_runs)} fresh-seed runs stopped on a cap ({cut[0]['stopped']}) "
+            "before validation stopped improving")
     if rise is not None:
         text += f"; the metric rose {rise:+.4f} over the last quarter of training"
-    return {"reason": text + ". Allow more time (--time-limit) for converged evidence.",
-            "rise_last_quarter": rise, "runs_not_converged": len(cut), "rung_reached": reached}
+    return {"reason": text + ". Allow more time (--time-limit) for converged evidence.", "rise_last_quarter": rise,
+            "runs_not_converged": len(cut)}
+
+
+def search_note(search: Search, study: optuna.Study) -> str | None:
+    """None when the search reached its last rung; else at what resource the candidates were compared."""
+    assert search.schedule is not None
+    reached = max((rung_of(t) for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE),
+                  default=0)
+    if reached >= search.schedule.last:
+        return None
+    return (f"the time limit stopped the search at rung {reached} of {search.schedule.last}: candidates were "
+            f"compared after {search.schedule.rungs[reached]:,} training samples, not at convergence (the "
+            "finalists were then trained to convergence)")
 
 
 def _duration(seconds: float) -> str:

@@ -246,6 +246,8 @@ def print_recommendation(rec: dict[str, Any]) -> None:
               + (f", test {metric} {test:.4f} (test split evaluated once, for this pick)" if test is not None else ""))
     if rec.get("undertrained"):
         out.print(f"  [bold yellow]under-trained evidence:[/] {rec['undertrained']['reason']}")
+    if rec.get("search_incomplete"):
+        out.print(f"  [yellow]search cut short:[/] {rec['search_incomplete']}")
     out.print(f"  why: {rec['explanation']}")
     if rec.get("proxy"):
         out.print(f"  [dim]metrics and latency were measured on the proxy; {', '.join(rec['extrapolated'])} are "

@@ -35,6 +35,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from embadvisor.errors import InvalidConfigError
+
 __all__ = ["Calibration", "ETA", "Schedule", "estimate_seconds", "promotions", "rung_of", "schedule_from"]
 
 #: reduction factor between rungs
@@ -43,8 +45,10 @@ ETA = 3
 MAX_HORIZONS = 4.0
 #: evaluations per horizon (at most; never further apart than the calibration's)
 EVALS_PER_HORIZON = 9
-#: early-stopping patience of the calibration run, in its evaluations
+#: early-stopping patience of the calibration run, in its evaluations (and the least patience of a trial)
 CALIBRATION_PATIENCE = 3
+#: a trial stops early after this many horizons without improvement
+PATIENCE_HORIZONS = 0.5
 #: share of the last rung a trial trains on average before early stopping ends it (for estimates)
 LAST_RUNG_SHARE = 0.45
 
@@ -100,7 +104,7 @@ class Schedule:
 
     def __post_init__(self) -> None:
         if not self.rungs or any(r < 1 for r in self.rungs) or list(self.rungs) != sorted(self.rungs):
-            raise ValueError(f"`rungs` must be ascending positive sample counts, but got rungs={self.rungs!r}.")
+            raise InvalidConfigError(f"`rungs` must be ascending positive sample counts, but got rungs={self.rungs!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -113,9 +117,29 @@ class Schedule:
         d["rungs"] = tuple(int(r) for r in d["rungs"])
         return cls(**d)
 
+    @classmethod
+    def from_rungs(cls, rungs: list[int] | tuple[int, ...], batch_size: int) -> Schedule:
+        """A schedule with the given rungs (samples) in place of a calibrated one: three evaluations in the
+        first rung, patience 3, earlier stages sized from the middle rung."""
+        rungs = tuple(int(r) for r in rungs)
+        if not rungs or any(r < 1 for r in rungs):
+            raise InvalidConfigError(f"rungs must be positive sample counts, but got {list(rungs)!r}.")
+        rungs = tuple(sorted(set(rungs)))
+        return cls(rungs=rungs, eval_every_samples=max(batch_size, rungs[0] // 3), stage_samples=rungs[len(rungs) // 2])
+
     @property
     def last(self) -> int:
         return len(self.rungs) - 1
+
+    def every(self, rung: int) -> int:
+        """Evaluation interval at ``rung``: ``eval_every_samples``, or a third of the rung when that is less
+        (so a short rung still has three points of its learning curve)."""
+        return max(1, min(self.eval_every_samples, self.rungs[rung] // 3))
+
+    def patience_at(self, rung: int) -> int:
+        """Early-stopping patience at ``rung``: the same window in samples as ``patience`` evaluations of the
+        last rung."""
+        return max(self.patience, math.ceil(self.patience * self.eval_every_samples / self.every(rung)))
 
     def counts(self, candidates: int) -> list[int]:
         """Trials per rung for ``candidates`` rung-0 candidates (before slow-starter extras)."""
@@ -129,10 +153,11 @@ def schedule_from(cal: Calibration, batch_size: int) -> Schedule:
     """The schedule derived from a calibration (see the module docstring)."""
     h = max(cal.horizon_samples, batch_size)
     every = max(batch_size, min(cal.eval_every_samples, round(h / EVALS_PER_HORIZON)))
-    # a trial has converged when it has not improved for as many samples as the calibration's patience window
-    patience = max(CALIBRATION_PATIENCE, math.ceil(CALIBRATION_PATIENCE * cal.eval_every_samples / every))
+    # a trial has converged when it has not improved for half a horizon (at least 3 evaluations)
+    patience = max(CALIBRATION_PATIENCE, math.ceil(PATIENCE_HORIZONS * h / every))
     window = patience * every
-    rungs = (max(every, round(h / ETA)), max(every, h), max(round(MAX_HORIZONS * h), h + 2 * window))
+    rungs = (max(every, round(h / ETA**2)), max(every, round(h / ETA)), max(every, h),
+             max(round(MAX_HORIZONS * h), h + 2 * window))
     return Schedule(rungs=tuple(sorted(set(rungs))), eval_every_samples=every, stage_samples=h, patience=patience)
 
 

@@ -141,7 +141,7 @@ def study_key(workload: Workload, settings: SearchSettings) -> dict[str, Any]:
         "model": settings.model if workload.task == "ctr" else "two-tower",
         "methods": sorted(settings.methods) if settings.methods else "all",
         "train": dataclasses.asdict(settings.train) | {"seed": settings.seed, "threads": None},
-        "search": {"trials": settings.trials, "eval_users": settings.eval_users, "search_lr": settings.search_lr,
+        "search": {"eval_users": settings.eval_users, "search_lr": settings.search_lr,
                    "schedule": settings.schedule.to_dict() if settings.schedule is not None else "calibrated"},
     }
 
@@ -210,9 +210,10 @@ class Search:
         if lr is not None:
             lr_kw = {"lr": lr, "embedding_lr": None if self.s.train.embedding_lr is None else
                      self.s.train.embedding_lr * lr / self.s.train.lr}
+        k = sch.last if rung is None else rung
         return dataclasses.replace(self.s.train, evaluate_test=False, seed=seed, max_samples=resource,
-                                   eval_every_samples=sch.eval_every_samples, stage_samples=sch.stage_samples,
-                                   patience=sch.patience, time_budget_s=cap, **lr_kw)
+                                   eval_every_samples=sch.every(k), stage_samples=sch.stage_samples,
+                                   patience=sch.patience_at(k), time_budget_s=cap, **lr_kw)
 
     # -- planning --------------------------------------------------------------------------
     def solve_target(self, method: str, use: float, fixed: dict[str, Any]) -> Plan:

@@ -8,10 +8,14 @@ budget is the target budget times proxy-full / target-full. The emitted configur
 for the target. Reports say which figures are measured on the proxy and which are extrapolated.
 
 Built-in defaults (no ``--data``, no ``--profile``):
-- ``ctr``: target ``criteo-kaggle`` (26 fields, 33.8M ids, 2.16 GB at d=16), proxy 300,000 ids /
-  200,000 synthetic rows with a planted teacher.
+- ``ctr``: target ``criteo-kaggle`` (26 fields, 33.8M ids, 2.16 GB at d=16), proxy 100,000 ids /
+  60,000 synthetic rows with a planted teacher.
 - ``retrieval``: target ``retrieval-catalog`` (4M users, 1M items, 1.28 GB at d=64), proxy
-  12,000 ids / 300,000 synthetic interactions.
+  12,000 ids / 100,000 synthetic interactions.
+
+The proxies are sized so that the whole calibrated schedule (every feasible method tried, the best
+trained to convergence, two finalists re-trained with two fresh seeds each) fits the built-in time
+limit of 4.5 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ __all__ = ["DEFAULTS", "Workload", "cache_dir", "default_workload", "load_worklo
            "workload_from_data", "workload_from_spec"]
 
 #: task -> (target preset, proxy ids, proxy rows)
-DEFAULTS = {"ctr": ("criteo-kaggle", 300_000, 200_000), "retrieval": ("retrieval-catalog", 12_000, 300_000)}
+DEFAULTS = {"ctr": ("criteo-kaggle", 100_000, 60_000), "retrieval": ("retrieval-catalog", 12_000, 100_000)}
 
 
 @dataclass

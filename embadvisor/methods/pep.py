@@ -11,11 +11,18 @@ Stages:
     ``search``: table and thresholds learn. A regulariser nudges the sparsity toward the target
     while the batch is denser than it: ``sparsity_weight · gap · mean_rows(‖pruned row‖₁)`` over
     the distinct rows looked up, with ``gap = max(0, (1 − target_density) − their sparsity)``.
-    ``retrain``: the mask keeps the ``target_nnz`` largest pruned values (or fewer, if the
-    thresholds pruned more); the table is rewound to its original initialisation (same seed,
-    lottery-ticket style, as in the paper) and retrained with the mask fixed: the forward uses
-    ``weight ⊙ mask`` (masked gradients are 0) and masked values of the rows a step touched are
-    reset to 0 after it (the optimizer's momentum could move them).
+    Its gradient reaches the thresholds only (the weights are detached in it): the weights learn
+    the task alone, so the magnitudes the retrain ranks say what the task learned. (Applied to the
+    weights, the penalty outweighed the loss gradient several times over at the default weight, and
+    Adam turned that into a step of about the learning rate toward 0 at every lookup: the most
+    frequent rows ended the smallest, and the mask went to rows the search hardly trained.) The
+    mask buffer records the rows the search looked up; the others count as pruned (their values are
+    still their initialisation, nothing learned), in the evaluation and in the retrain's ranking.
+    ``retrain``: the mask keeps the ``target_nnz`` largest pruned values of the looked-up rows (or
+    fewer, if the thresholds pruned more); the table is rewound to its original initialisation
+    (same seed, lottery-ticket style, as in the paper) and retrained with the mask fixed: the
+    forward uses ``weight ⊙ mask`` (masked gradients are 0) and masked values of the rows a step
+    touched are reset to 0 after it (the optimizer's momentum could move them).
 
 Serving: the kept values in CSR or COO (``_sparse``), exactly the evaluation output (in eval mode
 the forward already applies the exact top-``target_nnz`` cut).
@@ -27,10 +34,10 @@ generic trainer owns it).
 
 Memory:
     training: ``n·d`` weights + thresholds (``n·d``, ``n``, ``d`` or 1 by granularity) + an
-    ``n·d`` uint8 mask (buffer), plus the optimizer state of weights and thresholds; serving:
-    the sparse form at ``nnz = floor(target_density·n·d)``: CSR ``nnz·(4 + c) + (n + 1)·p`` or
-    COO ``nnz·(4 + c + r)`` bytes, whichever is smaller (index bytes c, r, p by size, see
-    ``_sparse``).
+    ``n·d`` uint8 mask (buffer; during the search it marks the looked-up rows), plus the optimizer
+    state of weights and thresholds; serving: the sparse form at
+    ``nnz = floor(target_density·n·d)``: CSR ``nnz·(4 + c) + (n + 1)·p`` or COO
+    ``nnz·(4 + c + r)`` bytes, whichever is smaller (index bytes c, r, p by size, see ``_sparse``).
 
 References:
     Liu et al., "Learnable Embedding Sizes for Recommender Systems", ICLR 2021,
@@ -140,12 +147,12 @@ class PepEmbedding(PrunedEmbedding):
         batch, self._batch = self._batch, []
         if self.retraining or not self.training or not batch or self.config.sparsity_weight == 0:
             return None
-        zeros = sum(int((e == 0).sum()) for e in batch)
-        total = sum(e.numel() for e in batch)
+        zeros = sum(int((a == 0).sum()) for a in batch)
+        total = sum(a.numel() for a in batch)
         gap = max(0.0, (1.0 - self.config.target_density) - zeros / max(1, total))
         if gap == 0.0:
             return None
-        l1 = torch.stack([e.abs().sum(-1).mean() for e in batch]).mean()  # over the distinct looked-up rows
+        l1 = torch.stack([a.sum(-1).mean() for a in batch]).mean()  # over the distinct looked-up rows
         return self.config.sparsity_weight * gap * l1
 
     def on_stage_start(self, stage: Stage) -> None:
@@ -158,7 +165,8 @@ class PepEmbedding(PrunedEmbedding):
 
     @torch.no_grad()
     def start_retrain(self) -> None:
-        """Fix the mask (top-``target_nnz`` pruned values) and rewind the table to its initialisation."""
+        """Fix the mask (top-``target_nnz`` pruned values of the rows the search looked up) and rewind the
+        table to its initialisation."""
         cut = self.cut_for(self.target_nnz)
         d = self.embedding_dim
         for start, block in self.blocks():
@@ -190,8 +198,8 @@ class PepConfig(PrunedConfig):
         granularity: thresholds per entry (``"feature_dimension"``, table-sized), per row
             (``"feature"``, default), per dimension (``"dimension"``) or one (``"global"``).
         threshold_init: initial ``s`` (sigmoid(−15) ≈ 3e-7: nothing pruned at first).
-        sparsity_weight: weight of the regulariser that nudges the search toward the target
-            sparsity (0 = the paper's plain thresholds).
+        sparsity_weight: weight of the regulariser that nudges the thresholds toward the target
+            sparsity (0 = the paper's plain thresholds); it does not act on the weights.
         seed: seed of the initialisation, reused to rewind the table for the retrain.
 
     Example:

@@ -16,7 +16,7 @@ runner = CliRunner()
 
 def _base(shared_data, tmp_path) -> list[str]:  # noqa: ANN001
     return ["pareto", "--data", str(shared_data / "ctr/movielens-100k/u.data"), "--storage",
-            f"sqlite:///{tmp_path / 'db.sqlite'}", "--trials", "2", "--epochs", "0.03", "--threads", "1"]
+            f"sqlite:///{tmp_path / 'db.sqlite'}", "--trials", "2", "--rungs", "2048", "--threads", "1"]
 
 
 def test_parse_budgets() -> None:

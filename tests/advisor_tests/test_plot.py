@@ -25,9 +25,12 @@ def small_study(shared_data, tmp_path_factory) -> tuple[str, str]:
 
     w = workload_from_data("ctr", ctr_task_data(shared_data / "ctr/movielens-100k/u.data"), None, 16)
     storage = f"sqlite:///{tmp_path_factory.mktemp('plot') / 'db.sqlite'}"
-    cfg = TrainConfig(batch_size=1024, max_steps=6, eval_every=3, patience=0, lr=3e-3, threads=1)
+    from embadvisor.advisor.schedule import Schedule
+
+    cfg = TrainConfig(batch_size=1024, lr=3e-3, threads=1)
     settings = SearchSettings(budget_bytes=int(w.target.full_table_bytes() * 0.3), trials=6, methods=METHODS,
-                              retrain_top=1, train=cfg)
+                              retrain_top=1, retrain_seeds=1, train=cfg,
+                              schedule=Schedule(rungs=(3072, 6144), eval_every_samples=1024, stage_samples=3072))
     recommend(w, settings, storage=storage, study_name="small")
     return storage, "small"
 

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from embadvisor.advisor.cli import app
 from embadvisor.advisor.export import build_embedding, load_config, study_trials
 from embadvisor.advisor.recommend import recommend
+from embadvisor.advisor.schedule import Schedule
 from embadvisor.advisor.search import SearchSettings, StudyMismatch
 from embadvisor.advisor.workloads import workload_from_data
 from embadvisor.errors import InfeasibleError
@@ -17,7 +18,9 @@ from embadvisor.tasks.datasets import ctr_task_data, retrieval_task_data
 from embadvisor.tasks.trainer import TrainConfig
 
 runner = CliRunner()
-SMALL = TrainConfig(batch_size=1024, max_steps=6, eval_every=3, patience=0, lr=3e-3, threads=2)
+SMALL = TrainConfig(batch_size=1024, lr=3e-3, threads=2)
+#: two rungs of a few steps each, in place of a calibrated schedule
+TINY = Schedule(rungs=(3072, 6144), eval_every_samples=3072, stage_samples=3072, patience=2)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +36,7 @@ def ml1m(shared_data):
 
 
 def _settings(budget: int, **kw) -> SearchSettings:
-    base = dict(trials=3, methods=("hash", "qr", "mde"), retrain_top=1, train=SMALL)
+    base = dict(trials=3, methods=("hash", "qr", "mde"), retrain_top=1, retrain_seeds=1, train=SMALL, schedule=TINY)
     return SearchSettings(budget_bytes=budget, **(base | kw))
 
 
@@ -66,13 +69,22 @@ def test_resume_and_mismatch(ml100k, tmp_path) -> None:
     storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
     budget = int(ml100k.target.full_table_bytes() * 0.2)
     first = recommend(ml100k, _settings(budget, trials=2), storage=storage, study_name="s")
-    assert sum(first["trials"].values()) == 2
+    assert _rung0(storage) == 2
+    n_first = len(study_trials("s", storage))
     again = recommend(ml100k, _settings(budget, trials=3), storage=storage, study_name="s")
-    assert sum(again["trials"].values()) == 3  # resumed: one more trial, not three
+    assert _rung0(storage) == 3  # resumed: one more candidate, not three
+    assert len(study_trials("s", storage)) > n_first and first["study"] == again["study"]
     before = len(study_trials("s", storage))
     with pytest.raises(StudyMismatch, match="budget_bytes"):
         recommend(ml100k, _settings(budget // 2, trials=3), storage=storage, study_name="s")
     assert len(study_trials("s", storage)) == before  # the existing study is untouched
+
+
+def _rung0(storage: str) -> int:
+    import optuna
+
+    study = optuna.load_study(study_name="s", storage=storage)
+    return sum(1 for t in study.trials if t.user_attrs.get("rung", 0) == 0 and t.state.is_finished())
 
 
 def test_budget_below_every_minimum_lists_minimums(ml100k, tmp_path) -> None:
@@ -135,12 +147,13 @@ def test_recommend_cli_json(shared_data, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("EMBADVISOR_HOME", str(tmp_path))
     res = runner.invoke(app, ["recommend", "--budget", "40kB", "--task", "ctr", "--data",
                               str(shared_data / "ctr/movielens-100k/u.data"), "--methods", "hash,qr", "--trials", "2",
-                              "--epochs", "0.05", "--json", "-o", str(tmp_path / "c.json")])
+                              "--rungs", "2048,4096", "--json", "-o", str(tmp_path / "c.json")])
     assert res.exit_code == 0, res.output
     rec = json.loads(res.stdout)
     for key in ("method", "params", "budget_bytes", "serve_bytes", "train_bytes", "metric", "study", "storage", "trials"):
         assert key in rec
-    assert set(rec["metric"]) >= {"name", "validation", "test"}
+    assert set(rec["metric"]) >= {"name", "validation", "test", "spread", "runs"}
+    assert {"evidence", "undertrained", "schedule"} <= set(rec)
     assert set(rec["trials"]) == {"complete", "pruned", "failed"}
     assert rec["serve_bytes"] <= 40_000
     hist = runner.invoke(app, ["history", "--json"])
@@ -157,22 +170,3 @@ def test_enqueued_default_leaves_every_setting_to_the_solver(ml100k, tmp_path) -
     assert set(trial.params) == {"method", "dpq.budget_use"}  # no sampled dpq.* settings
     assert trial.user_attrs["fixed"] == {} and trial.user_attrs["solver_default"]
     assert trial.state.name in ("COMPLETE", "PRUNED") and rec["method"] == "dpq"
-
-
-def test_a_trial_is_never_pruned_before_half_of_its_steps(ml100k) -> None:
-    import optuna
-
-    from embadvisor.advisor.search import PRUNE_FROM_SHARE, Search
-
-    class AlwaysPrune(optuna.pruners.BasePruner):
-        def prune(self, study, trial) -> bool:
-            return True
-
-    cfg = TrainConfig(batch_size=1024, max_steps=12, eval_every=2, patience=0, threads=2)
-    search = Search(ml100k, _settings(int(ml100k.target.full_table_bytes() * 0.2), methods=("hash",), train=cfg))
-    study = optuna.create_study(direction="maximize", pruner=AlwaysPrune())
-    study.optimize(search.objective, n_trials=1, catch=())
-    trial = study.trials[0]
-    assert PRUNE_FROM_SHARE == 0.5
-    assert trial.state == optuna.trial.TrialState.PRUNED
-    assert sorted(trial.intermediate_values) == [2, 4, 6]  # reported, not pruned, until half of the 12 steps

@@ -20,14 +20,17 @@ from typer.testing import CliRunner
 
 from embadvisor.advisor.cli import app
 from embadvisor.advisor.recommend import open_storage, prepare_study, recommend
+from embadvisor.advisor.schedule import Schedule
 from embadvisor.advisor.search import Search, SearchSettings, default_study_name, is_counted, study_key
 from embadvisor.advisor.workloads import load_workload
 from embadvisor.tasks.trainer import TrainConfig
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
-FAST = TrainConfig(batch_size=1024, max_steps=6, eval_every=3, patience=0, lr=3e-3, threads=1)
-SLOW = TrainConfig(batch_size=1024, epochs=20, max_steps=1000, eval_every=250, patience=0, lr=3e-3, threads=1)
+TRAIN = TrainConfig(batch_size=1024, lr=3e-3, threads=1)
+#: one rung, so the study's counted trials are exactly its candidates
+FAST = Schedule(rungs=(6144,), eval_every_samples=3072, stage_samples=3072, patience=2)
+SLOW = Schedule(rungs=(1_024_000,), eval_every_samples=256_000, stage_samples=3072, patience=1000)
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +60,10 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("EMBADVISOR_HOME", str(tmp_path / "home"))
 
 
-def _settings(w, trials: int, train: TrainConfig = FAST) -> SearchSettings:
+def _settings(w, trials: int, train: Schedule = FAST) -> SearchSettings:
     budget = int(w.target.full_table_bytes() * 0.2)
     return SearchSettings(budget_bytes=budget, trials=trials, methods=("hash", "qr", "mde"), retrain_top=1,
-                          train=train)
+                          retrain_seeds=1, train=TRAIN, schedule=train)
 
 
 def _counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
