@@ -30,6 +30,8 @@ random" holds when the advisor's regret is at most the mean random regret.
 Targets (issue #17): regret <= 0.002 AUC (CTR) or <= 2% relative Recall@20 in >= 90% of cells; evidence
 error within the bound in every cell; compute <= 30% of the sweep; advisor >= random in >= 80% of cells.
 
+``FIDELITY_PAUSE_FILE=path``: while that file exists, no new run starts.
+
 Usage (single-threaded runs; the machine has 2 cores, so run nothing else while it runs):
     python benchmarks/fidelity.py [--datasets avazu,ml100k,criteo] [--budgets 4,16,64] [--threads 1]
         [--truth-only] [--report-only]
@@ -106,6 +108,9 @@ def converged_run(w: Any, search: Any, method: str, fixed: dict[str, Any], use: 
 
 
 def ensure(runs: dict[str, Any], key: str, fn: Any) -> dict[str, Any]:
+    pause = os.environ.get("FIDELITY_PAUSE_FILE")
+    while pause and Path(pause).exists():  # lets timed work run alone on the machine between two runs
+        time.sleep(2)
     if key not in runs:
         runs[key] = fn()
         save(runs)

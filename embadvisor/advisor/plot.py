@@ -15,6 +15,9 @@ Panels:
    trials within the budget) and the budget line; the recommended trial starred when the study has
    a recommendation.
 3. Best trial per method: the best completed validation metric of each method.
+4. Learning curves: every completed trial's validation metric against the samples it trained
+   (log scale), coloured by method, thicker at higher rungs; the recommended configuration's
+   fresh-seed runs (trained to convergence) dashed.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ class TrialPoint:
     method: str | None
     value: float | None
     memory: int | None
+    curve: tuple[tuple[int, float], ...] = ()
+    rung: int = 0
 
     @property
     def v(self) -> float:
@@ -68,6 +73,12 @@ class StudyPlotData:
     recommended_trial: int | None = None
     title: str = ""
     methods: list[str] = field(default_factory=list)
+    #: the recommended configuration's fresh-seed curves: (seed, curve)
+    finalist_curves: list[tuple[int, list[tuple[int, float]]]] = field(default_factory=list)
+
+    def curves(self) -> list[TrialPoint]:
+        """Completed trials with a learning curve (samples > 0)."""
+        return [p for p in self.complete() if any(s > 0 for s, _ in p.curve)]
 
     def complete(self) -> list[TrialPoint]:
         return [p for p in self.points if p.state == "complete" and p.value is not None]
@@ -138,8 +149,9 @@ def load_plot_data(name: str, storage: str | None = None) -> StudyPlotData:
         if value is not None and not math.isfinite(value):
             value = None
         mem = t.user_attrs.get(mem_attr)
+        curve = tuple((int(a), float(v)) for a, v in t.user_attrs.get("curve") or [] if v is not None)
         points.append(TrialPoint(t.number, state, t.params.get("method") or t.user_attrs.get("method"), value,
-                                 int(mem) if mem is not None else None))
+                                 int(mem) if mem is not None else None, curve, int(t.user_attrs.get("rung", 0))))
     if not any(p.state == "complete" and p.value is not None for p in points):
         counts = {s: sum(1 for p in points if p.state == s) for s in ("pruned", "fail", "running", "waiting")}
         raise EmbAdvisorError(f"study {name!r} has no completed trial to plot ({len(points)} trials: "
@@ -151,8 +163,14 @@ def load_plot_data(name: str, storage: str | None = None) -> StudyPlotData:
         title += f": {key.get('task')} {key.get('target', '')}"
     if budget:
         title += f", budget {format_size(budget)} ({scope})"
+    rec = study.user_attrs.get("recommendation") or {}
+    fresh: list[tuple[int, list[tuple[int, float]]]] = []
+    for c in rec.get("ranking") or []:
+        if c.get("trial") == (rec.get("evidence") or {}).get("trial"):
+            fresh = [(int(r["seed"]), [(int(a), float(v)) for a, v in r.get("curve") or []])
+                     for r in c.get("fresh_runs") or []]
     return StudyPlotData(name, _metric_name(study), scope, int(budget) if budget else None, points,
-                         _recommended_trial(study), title, methods)
+                         _recommended_trial(study), title, methods, fresh)
 
 
 def _require(module: str, suffix: str) -> Any:
@@ -214,8 +232,8 @@ def _mem_label(data: StudyPlotData) -> str:
 def write_html(data: StudyPlotData, path: Path) -> None:
     go = _require("plotly.graph_objects", ".html")
     subplots = _require("plotly.subplots", ".html")
-    fig = subplots.make_subplots(rows=1, cols=3, horizontal_spacing=0.08, subplot_titles=(
-        "optimisation history", f"memory vs {data.metric}", "best trial per method"))
+    fig = subplots.make_subplots(rows=1, cols=4, horizontal_spacing=0.06, subplot_titles=(
+        "optimisation history", f"memory vs {data.metric}", "best trial per method", "learning curves"))
     metric = data.metric
     # 1. history
     for state, symbol, colour in (("complete", "circle", "#1f77b4"), ("pruned", "x", "#d62728")):
@@ -269,13 +287,27 @@ def write_html(data: StudyPlotData, path: Path) -> None:
         text=[f"{p.value:.4f} (#{p.number})" for p in bests], textposition="auto"), row=1, col=3)
     lo, hi = min(p.v for p in bests), max(p.v for p in bests)
     pad = max(1e-3, 0.1 * (hi - lo))
+    # 4. learning curves
+    for p in data.curves():
+        pts = [(a, v) for a, v in p.curve if a > 0]
+        fig.add_trace(go.Scatter(x=[a for a, _ in pts], y=[v for _, v in pts], mode="lines", showlegend=False,
+                                 line={"color": data.colour(p.method), "width": 1 + p.rung},
+                                 text=f"#{p.number} {p.method} rung {p.rung}", hoverinfo="text+x+y",
+                                 legendgroup=p.method or ""), row=1, col=4)
+    for seed, curve in data.finalist_curves:
+        pts = [(a, v) for a, v in curve if a > 0]
+        fig.add_trace(go.Scatter(x=[a for a, _ in pts], y=[v for _, v in pts], mode="lines",
+                                 name=f"recommended, fresh seed {seed}", line={"color": "black", "dash": "dash"}),
+                      row=1, col=4)
+    fig.update_xaxes(title_text="training samples (log scale)", type="log", row=1, col=4)
+    fig.update_yaxes(title_text=f"validation {metric}", row=1, col=4)
     fig.update_xaxes(title_text="trial number", row=1, col=1)
     fig.update_yaxes(title_text=f"validation {metric}", row=1, col=1)
     fig.update_xaxes(title_text=_mem_label(data), type="log" if _log_memory(data) else "linear", row=1, col=2)
     fig.update_yaxes(title_text=f"validation {metric}", row=1, col=2)
     fig.update_xaxes(title_text=f"best validation {metric}", range=[lo - pad, hi + pad], row=1, col=3)
     fig.update_yaxes(autorange="reversed", row=1, col=3)
-    fig.update_layout(title_text=data.title, height=560, width=1700, template="plotly_white")
+    fig.update_layout(title_text=data.title, height=560, width=2200, template="plotly_white")
     fig.write_html(str(path), include_plotlyjs=True, full_html=True)
 
 
@@ -286,9 +318,9 @@ def write_png(data: StudyPlotData, path: Path) -> None:
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-    fig = Figure(figsize=(19, 5.8), dpi=110, layout="constrained")
+    fig = Figure(figsize=(25, 5.8), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
-    ax1, ax2, ax3 = fig.subplots(1, 3)
+    ax1, ax2, ax3, ax4 = fig.subplots(1, 4)
     metric = data.metric
     # 1. history
     done = [p for p in data.points if p.state == "complete" and p.value is not None]
@@ -350,5 +382,21 @@ def write_png(data: StudyPlotData, path: Path) -> None:
         ax3.text(vals[i], i, f" {vals[i]:.4f} (#{p.number})", va="center", fontsize=8)
     ax3.set_xlabel(f"best validation {metric}")
     ax3.set_title("best trial per method")
+    # 4. learning curves
+    for p in data.curves():
+        pts = [(a, v) for a, v in p.curve if a > 0]
+        ax4.plot([a for a, _ in pts], [v for _, v in pts], color=data.colour(p.method), lw=0.8 + 0.7 * p.rung,
+                 alpha=0.8)
+    for seed, curve in data.finalist_curves:
+        pts = [(a, v) for a, v in curve if a > 0]
+        ax4.plot([a for a, _ in pts], [v for _, v in pts], color="black", ls="--", lw=1.5,
+                 label=f"recommended, fresh seed {seed}")
+    ax4.set_xscale("log")
+    ax4.set_xlabel("training samples (log scale)")
+    ax4.set_ylabel(f"validation {metric}")
+    ax4.set_title("learning curves")
+    if data.finalist_curves:
+        ax4.legend(loc="best", fontsize=8)
+    ax4.grid(alpha=0.3, which="both")
     fig.suptitle(data.title)
     fig.savefig(path, format="png")

@@ -155,9 +155,9 @@ def recommend(
             if on_phase:
                 on_phase("calibrating: training the simplest feasible method until validation stops improving")
             cap = CALIBRATION_MAX_S if limit is None else min(CALIBRATION_MAX_S, CALIBRATION_SHARE * limit)
-            c = search.calibrate(cap)
-            cal = c.to_dict()
-            search.schedule = schedule_from(c, settings.train.batch_size)
+            measured = search.calibrate(cap)
+            cal = measured.to_dict()
+            search.schedule = schedule_from(measured, settings.train.batch_size)
             study.set_user_attr("calibration", cal)
             study.set_user_attr("schedule", search.schedule.to_dict())
     sch = search.schedule

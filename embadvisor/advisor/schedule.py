@@ -68,6 +68,8 @@ class Calibration:
         eval_seconds: mean time of one validation evaluation.
         value: its best validation value.
         seconds: the run's wall time.
+        overhead_seconds: the run's time outside training steps and evaluations (building, preparing,
+            exporting, measuring latency): a fixed cost of every trial.
     """
 
     method: str
@@ -79,6 +81,7 @@ class Calibration:
     eval_seconds: float
     value: float
     seconds: float
+    overhead_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,6 +139,11 @@ class Schedule:
         (so a short rung still has three points of its learning curve)."""
         return max(1, min(self.eval_every_samples, self.rungs[rung] // 3))
 
+    def stage_samples_at(self, rung: int) -> int:
+        """Horizon that sizes earlier stages at ``rung``: ``stage_samples`` from the rung that trains a third
+        of it on, a third of it below (a structure search is never shorter than a third of a horizon)."""
+        return min(self.stage_samples, max(self.rungs[rung], self.stage_samples // ETA))
+
     def patience_at(self, rung: int) -> int:
         """Early-stopping patience at ``rung``: the same window in samples as ``patience`` evaluations of the
         last rung."""
@@ -170,17 +178,17 @@ def estimate_seconds(schedule: Schedule, cal: Calibration, candidates: int, fina
     """
     counts = schedule.counts(candidates)
     per_sample = 1.0 / max(cal.samples_per_second, 1e-9)
-    per_eval = cal.eval_seconds / schedule.eval_every_samples
 
-    def run_cost(resource: float) -> float:
-        samples = resource + staged_share * schedule.stage_samples
-        return samples * (per_sample + per_eval)
+    def run_cost(k: int, resource: float) -> float:
+        per_eval = cal.eval_seconds / schedule.every(k)
+        samples = resource + staged_share * schedule.stage_samples_at(k)
+        return samples * (per_sample + per_eval) + cal.overhead_seconds
 
     search = 0.0
     for k, (n, r) in enumerate(zip(counts, schedule.rungs, strict=True)):
         share = LAST_RUNG_SHARE if k == schedule.last else 1.0
-        search += n * run_cost(r * share)
-    final = finalists * seeds * run_cost(schedule.rungs[-1] * LAST_RUNG_SHARE)
+        search += n * run_cost(k, r * share)
+    final = finalists * seeds * run_cost(schedule.last, schedule.rungs[-1] * LAST_RUNG_SHARE)
     return {"search": search, "finalists": final, "total": search + final}
 
 

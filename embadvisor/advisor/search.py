@@ -212,7 +212,7 @@ class Search:
                      self.s.train.embedding_lr * lr / self.s.train.lr}
         k = sch.last if rung is None else rung
         return dataclasses.replace(self.s.train, evaluate_test=False, seed=seed, max_samples=resource,
-                                   eval_every_samples=sch.every(k), stage_samples=sch.stage_samples,
+                                   eval_every_samples=sch.every(k), stage_samples=sch.stage_samples_at(k),
                                    patience=sch.patience_at(k), time_budget_s=cap, **lr_kw)
 
     # -- planning --------------------------------------------------------------------------
@@ -357,7 +357,8 @@ class Search:
         return Calibration(method=method, horizon_samples=int(max(best_at, every)), samples_trained=f.samples,
                            converged=f.converged, samples_per_second=f.samples_per_second, eval_every_samples=every,
                            eval_seconds=f.eval_seconds / max(1, len(f.curve) + 1), value=float(best),
-                           seconds=time.perf_counter() - t0)
+                           seconds=time.perf_counter() - t0,
+                           overhead_seconds=max(0.0, time.perf_counter() - t0 - f.train_seconds - f.eval_seconds))
 
     def retrain(self, method: str, use: float, fixed: dict[str, Any], seed: int, *, lr: float | None = None,
                 time_cap_s: float | None = None) -> TrainReport:

@@ -51,7 +51,7 @@ def test_html_is_self_contained_and_names_every_method(small_study, tmp_path) ->
     assert '<script src="http' not in html  # plotly.js inlined: opens offline
     assert "Plotly.newPlot" in html and len(html) > 1_000_000
     for text in (*METHODS, "feasible frontier", "best so far", "optimisation history", "best trial per method",
-                 "budget"):
+                 "budget", "learning curves", "recommended, fresh seed"):
         assert text in html, text
 
 
@@ -82,6 +82,10 @@ def test_plot_data_matches_the_study(small_study) -> None:
     assert [p.memory for p in front] == sorted(p.memory for p in front)  # type: ignore[type-var]
     assert {p.method for p in data.best_per_method()} == {r["method"] for r in complete}
     assert data.metric == "auc"
+    # every completed trial's learning curve, ending at its samples; the pick's fresh-seed runs
+    assert len(data.curves()) == len(complete)
+    assert all(p.curve[-1][0] > 0 for p in data.curves())
+    assert len(data.finalist_curves) == 1 and data.finalist_curves[0][1]
 
 
 def test_unknown_study_lists_known_names(tmp_path) -> None:
