@@ -81,10 +81,18 @@ def cache() -> dict[str, Any]:
 
 
 def save(runs: dict[str, Any]) -> None:
+    """Merge ``runs`` into the cache file under a lock (several benchmark processes may share it)."""
+    import fcntl
+
     RUNS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RUNS.with_suffix(".tmp")
-    tmp.write_text(json.dumps(runs, indent=1, sort_keys=True))
-    tmp.replace(RUNS)
+    with open(RUNS.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merged = cache()
+        merged.update(runs)
+        runs.update(merged)
+        tmp = RUNS.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(merged, indent=1, sort_keys=True))
+        tmp.replace(RUNS)
 
 
 def run_key(ds: str, share: int, method: str, fixed: dict[str, Any], use: float, lr: float, seed: int) -> str:
