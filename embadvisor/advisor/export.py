@@ -137,5 +137,7 @@ def study_trials(name: str, storage: str | None, *, state: str | None = None,
             "value": t.value, "validation": t.user_attrs.get("validation"),
             "duration_s": t.duration.total_seconds() if t.duration else None,
             "latency_ms": t.user_attrs.get("latency_ms"), "failure": t.user_attrs.get("failure"),
+            "rung": t.user_attrs.get("rung", 0), "samples": t.user_attrs.get("samples"),
+            "converged": t.user_attrs.get("converged"), "lr": t.user_attrs.get("lr"),
         })
     return rows

@@ -274,14 +274,19 @@ def print_studies(rows: list[dict[str, Any]]) -> None:
 def print_trials(study: str, rows: list[dict[str, Any]]) -> None:
     table = Table(title=f"study {study}: {len(rows)} trials")
     for col, just in [("#", "right"), ("state", "left"), ("method", "left"), ("settings", "left"),
-                      ("serve", "right"), ("value", "right"), ("seconds", "right"), ("note", "left")]:
+                      ("serve", "right"), ("rung", "right"), ("samples", "right"), ("value", "right"),
+                      ("seconds", "right"), ("note", "left")]:
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     for r in rows:
+        samples = r.get("samples")
         table.add_row(str(r["number"]), r["state"], str(r["method"] or "-"), _short_params(r["params"] or {}, 40),
-                      format_size(r["serve_bytes"]) if r["serve_bytes"] else "-",
+                      format_size(r["serve_bytes"]) if r["serve_bytes"] else "-", str(r.get("rung", 0)),
+                      f"{samples:,}" + ("" if r.get("converged") else "*") if samples else "-",
                       f"{r['value']:.4f}" if r["value"] is not None else "-",
                       f"{r['duration_s']:.1f}" if r["duration_s"] is not None else "-", (r["failure"] or "")[:60])
     console().print(table)
+    if any(r.get("samples") and not r.get("converged") for r in rows):
+        console().print("[dim]* stopped by its rung's sample cap (or a time limit), not by early stopping[/]")
 
 
 def print_pareto(result: dict[str, Any]) -> None:

@@ -16,7 +16,8 @@ TABLE = TableSpec("t", 400, 8)
 SEARCH, RETRAIN = PepConfig.stages
 
 
-def train_steps(m: PepEmbedding, steps: int, lr: float = 1e-2, seed: int = 0) -> None:
+def train_steps(m: PepEmbedding, steps: int, lr: float = 1e-2, seed: int = 0, ids_below: int | None = None) -> None:
+    """``steps`` Adam steps toward 0.05 on batches of random ids (below ``ids_below``, default: all)."""
     sparse = m.sparse_parameters()
     sid = {id(p) for p in sparse}
     dense = [p for p in m.parameters() if id(p) not in sid]
@@ -26,7 +27,7 @@ def train_steps(m: PepEmbedding, steps: int, lr: float = 1e-2, seed: int = 0) ->
     g = torch.Generator().manual_seed(seed)
     m.train()
     for step in range(steps):
-        ids = torch.randint(0, m.num_embeddings, (64, 3), generator=g)
+        ids = torch.randint(0, ids_below or m.num_embeddings, (64, 3), generator=g)
         loss = (m(ids) - 0.05).pow(2).mean()
         reg = m.regularization_loss()
         if reg is not None:
@@ -175,20 +176,7 @@ def test_rows_the_search_never_looked_up_are_pruned() -> None:
     # the whole mask, so the retrain trained nothing that the training data looks up (AUC 0.5)
     m = PepConfig(target_density=0.5, sparsity_weight=1.0, seed=2).build(TABLE)
     m.on_stage_start(SEARCH)
-    sparse = m.sparse_parameters()
-    opts = [torch.optim.SparseAdam(sparse, lr=1e-2)]
-    g = torch.Generator().manual_seed(0)
-    m.train()
-    for step in range(40):  # only rows 0..99
-        loss = (m(torch.randint(0, 100, (64, 3), generator=g)) - 0.05).pow(2).mean()
-        reg = m.regularization_loss()
-        loss = loss if reg is None else loss + reg
-        for o in opts:
-            o.zero_grad()
-        loss.backward()
-        for o in opts:
-            o.step()
-        m.on_step(step + 1)
+    train_steps(m, 40, ids_below=100)  # only rows 0..99
     m.eval()
     with torch.no_grad():
         out = m(torch.arange(400))
