@@ -209,8 +209,8 @@ class SearchProgress:
     def on_phase(self, phase: str) -> None:
         """Show the phase; a phase with details after a colon is also printed as a line on stderr."""
         head, _, detail = phase.partition(":")
-        if detail and self.enabled:
-            self.progress.console.print(f"[dim]{phase}[/]")
+        if detail:  # e.g. the estimate: on stderr with --json too
+            (self.progress.console if self.enabled else console_err()).print(f"[dim]{phase}[/]")
         self.progress.update(self.task_id, description=head)
 
 

@@ -122,3 +122,26 @@ def test_run_study_stops_when_the_last_rung_is_done(avazu) -> None:
     rungs = [t.user_attrs["rung"] for t in study.trials if t.state == TrialState.COMPLETE]
     assert rungs.count(0) == 2 and rungs.count(1) >= 1
     assert next_step(search, study) == "done"
+
+
+@pytest.mark.slow
+def test_cli_calibrates_and_prints_its_estimate_before_the_search(shared_data, tmp_path, monkeypatch) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from embadvisor.advisor.cli import app
+
+    monkeypatch.setenv("EMBADVISOR_HOME", str(tmp_path))
+    res = CliRunner().invoke(app, ["recommend", "--task", "ctr", "--data", str(shared_data / "ctr/avazu-10k/avazu_train"),
+                                   "--label", "click", "--budget", "83KB", "--methods", "hash,qr", "--trials", "2",
+                                   "--threads", "1", "--time-limit", "60s", "--json"])
+    assert res.exit_code == 0, res.output
+    rec = json.loads(res.stdout)
+    err = res.stderr
+    assert "calibrating:" in err and "estimate:" in err and err.index("calibrating:") < err.index("estimate:")
+    cal = rec["calibration"]
+    assert cal["method"] in ("hash", "qr") and cal["horizon_samples"] >= cal["eval_every_samples"]
+    assert rec["estimate_seconds"] > 0 and rec["time_limit_s"] == 60.0
+    assert len(rec["schedule"]["rungs"]) == 4 and rec["schedule"]["stage_samples"] == cal["horizon_samples"]
+    assert rec["seconds"] < 90
