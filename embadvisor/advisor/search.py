@@ -37,7 +37,7 @@ from embadvisor.advisor.schedule import Calibration, Schedule, promotions, rung_
 from embadvisor.advisor.workloads import Workload
 from embadvisor.errors import EmbAdvisorError, InfeasibleError, InvalidConfigError
 from embadvisor.methods import Plan, Stage, get_method, list_methods, solve
-from embadvisor.tasks.api import TrainReport, serve_bytes_over, train
+from embadvisor.tasks.api import TrainReport, convergence_config, serve_bytes_over, train
 from embadvisor.tasks.trainer import TrainConfig, TrainingDiverged, stage_plan
 from embadvisor.units import format_size
 from embadvisor.version import __version__
@@ -362,10 +362,22 @@ class Search:
 
     def retrain(self, method: str, use: float, fixed: dict[str, Any], seed: int, *, lr: float | None = None,
                 time_cap_s: float | None = None) -> TrainReport:
-        """Re-train one configuration to convergence (the last rung's cap) with a fresh seed, evaluated on all
-        validation users; no test evaluation."""
+        """Re-train one configuration to convergence with a fresh seed exactly as ``embadvisor train`` trains by
+        default (:func:`embadvisor.tasks.api.convergence_config`: evaluation every epoch or 256 steps, patience 3,
+        at most 100 epochs) at the search's batch size, evaluated on all validation users; no test evaluation.
+        So the reported metric is what ``embadvisor train`` reaches with these settings."""
         proxy = self.solve_proxy(method, use, fixed)
-        cfg = self.trial_config(None, seed, lr, time_cap_s)
+        t = self.s.train
+        cap = t.time_budget_s
+        if time_cap_s is not None:
+            cap = time_cap_s if cap is None else min(cap, time_cap_s)
+        if self.deadline is not None:
+            left = max(1.0, self.deadline - time.time())
+            cap = left if cap is None else min(cap, left)
+        lr = t.lr if lr is None else lr
+        cfg = convergence_config(self.w.data, optimizer=t.optimizer, lr=lr, batch_size=t.batch_size, seed=seed,
+                                 threads=t.threads, evaluate_test=False, time_budget_s=cap,
+                                 embedding_lr=None if t.embedding_lr is None else t.embedding_lr * lr / t.lr)
         return train(self.w.data, proxy, model=self.s.model, dim=self.dim, config=cfg, seed=seed,
                      engine_options=self.engine_options(sampled=False))
 
