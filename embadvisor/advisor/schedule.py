@@ -7,14 +7,22 @@ autodim) are compared after the same amount of final-stage training as everyone 
 stages are sized from the calibrated horizon (see :func:`embadvisor.tasks.trainer.stage_plan`) and do
 not count toward the rung.
 
-Calibration (:func:`calibrate`) trains the simplest feasible method with early stopping and measures
-the samples it needs to reach its best validation value (the *horizon* H), its training speed and the
-cost of one evaluation. The schedule derived from it (:func:`schedule_from`) has three rungs with
-reduction factor 3: every candidate trains H/3 samples, the best third H, the best third of those up
-to 4H with early stopping (training to convergence). Evaluation runs every H/9 samples, so a rung-0
-trial has three points of its learning curve. A candidate whose curve is still rising steeply is
-promoted even when its value is below the cut (:func:`promotions`), so a slow starter is not cut for
-being slow.
+Calibration (``Search.calibrate``) trains the simplest feasible single-stage method the way
+``embadvisor train`` does (evaluation every epoch or every 256 steps, whichever is fewer samples;
+patience 3) and measures the samples it needs to reach its best validation value (the *horizon* H), its
+training speed, the cost of one evaluation and a trial's fixed overhead. The schedule derived from it
+(:func:`schedule_from`) has four rungs with reduction factor 3: every candidate trains H/9 samples, the
+best third H/3, the best third of those H, and the best third of those up to 4H (at least H plus twice
+the patience window) with early stopping. Trials evaluate every H/9 samples (never less often than the
+calibration did; a third of the rung in shorter rungs, so every rung has three points of its learning
+curve) and stop early after half a horizon (at least three evaluations) without improvement. Earlier
+stages of multi-stage methods train one horizon (scaled by their declared fractions), a third of one in
+the two shortest rungs.
+
+A candidate below the cut is promoted too when its learning curve, extrapolated to the last rung's
+resource at the rate it gained over its last doubling of samples, would reach the cut
+(:func:`promotions`; at most as many extra candidates as the cut keeps), so a slow starter is not cut
+for being slow.
 
 Why an own rung scheduler on ask/tell and not Optuna's ``SuccessiveHalvingPruner``/``HyperbandPruner``:
 those are asynchronous (ASHA). A trial is judged at a rung against the trials that reached it before
@@ -203,26 +211,30 @@ def config_key(t: optuna.trial.FrozenTrial) -> str:
     return json.dumps(sorted(t.params.items()), default=str)
 
 
-def _rising_bound(t: optuna.trial.FrozenTrial, eta: int, sign: float) -> float:
-    """An optimistic value for ``t`` at the next rung: its best value plus its last doubling's gain, per
-    doubling of the resource, times the doublings to the next rung (log2 eta)."""
+def _rising_bound(t: optuna.trial.FrozenTrial, doublings: float, sign: float) -> float:
+    """An optimistic value for ``t`` at the last rung: its best value plus, for each of the ``doublings`` of the
+    resource left, what it gained per doubling over the second half of its curve (from its last evaluation
+    at or before half its samples to its end). Curves that are flat (or noisy around a plateau) gain
+    little; a slow starter still climbing steeply is credited with the climb."""
     curve = [(float(s), float(v)) for s, v in t.user_attrs.get("final_curve", []) if s > 0]
     best = sign * float(t.value)  # type: ignore[arg-type]
     if len(curve) < 2:
         return best
     end_s = curve[-1][0]
-    mid = [v for s, v in curve if s <= end_s / 2]
-    if not mid:
+    early = [(s, v) for s, v in curve if s <= end_s / 2]
+    if not early:
         return best
-    gain = max(0.0, max(sign * v for _, v in curve) - max(sign * v for v in mid))
-    return best + gain * math.log2(eta)
+    mid_s = early[-1][0]
+    gain = max(0.0, max(sign * v for _, v in curve) - max(sign * v for _, v in early))
+    return best + gain / math.log2(end_s / mid_s) * doublings
 
 
 def promotions(trials: list[optuna.trial.FrozenTrial], rung: int, eta: int, *, minimum: int = 1,
-               sign: float = 1.0) -> list[optuna.trial.FrozenTrial]:
+               sign: float = 1.0, doublings: float | None = None) -> list[optuna.trial.FrozenTrial]:
     """The rung's complete trials to train at the next rung: the best ``ceil(n / eta)`` (at least
-    ``minimum``), and any other whose curve was still rising fast enough to reach the cut at the next
-    rung's resource (at most as many again). Deterministic: ties go to the lower trial number."""
+    ``minimum``), and the others whose curve was still rising fast enough to reach the cut by the last
+    rung (``doublings`` of the resource away; default log2(eta), the next rung), steepest first, at most
+    as many again. Deterministic: ties go to the lower trial number."""
     done = [t for t in trials if rung_of(t) == rung and t.state == TrialState.COMPLETE and t.value is not None
             and math.isfinite(t.value)]
     seen: set[str] = set()
@@ -237,5 +249,8 @@ def promotions(trials: list[optuna.trial.FrozenTrial], rung: int, eta: int, *, m
     n = min(len(uniq), max(minimum, math.ceil(len(uniq) / eta)))
     top, rest = uniq[:n], uniq[n:]
     cut = sign * float(top[-1].value)  # type: ignore[arg-type]
-    extra = [t for t in rest if _rising_bound(t, eta, sign) >= cut][:n]
+    steps = math.log2(eta) if doublings is None else doublings
+    bounds = {t.number: _rising_bound(t, steps, sign) for t in rest}
+    climbers = sorted((t for t in rest if bounds[t.number] >= cut), key=lambda t: (-bounds[t.number], t.number))
+    extra = climbers[:n]
     return top + extra

@@ -465,7 +465,8 @@ def next_step(search: Search, study: optuna.Study) -> str:
         if k == sch.last:
             return "done"
         minimum = min(search.s.retrain_top, search.n_candidates) if k == sch.last - 1 else 1
-        promoted = promotions(trials, k, sch.eta, minimum=minimum)
+        promoted = promotions(trials, k, sch.eta, minimum=minimum,
+                              doublings=math.log2(sch.rungs[-1] / max(1, sch.rungs[k])))
         have = {t.user_attrs.get("parent") for t in by_rung.get(k + 1, [])
                 if t.state != TrialState.FAIL or is_counted(t)}
         missing = [p for p in promoted if p.number not in have]

@@ -145,3 +145,41 @@ def test_cli_calibrates_and_prints_its_estimate_before_the_search(shared_data, t
     assert rec["estimate_seconds"] > 0 and rec["time_limit_s"] == 60.0
     assert len(rec["schedule"]["rungs"]) == 4 and rec["schedule"]["stage_samples"] == cal["horizon_samples"]
     assert rec["seconds"] < 90
+
+
+@pytest.mark.slow
+def test_a_slow_starter_that_converges_best_is_promoted_on_real_data(avazu) -> None:
+    """avazu-10k at 1/4 of its tables: the hashing trick at lr 1e-3 starts slowest of three configurations
+    (last after 1/9 of a horizon) but converges best; the first rung must not cut it."""
+    import math
+    import statistics
+
+    from embadvisor.tasks.api import convergence_config, train
+
+    bs = default_batch_size("ctr", avazu.data.num_train)
+    h = 2 * avazu.data.num_train  # two epochs: the horizon calibration measures on this file
+    sch = Schedule(rungs=(h // 9, h // 3, h, 4 * h), eval_every_samples=h // 9, stage_samples=h, patience=5)
+    settings = SearchSettings(budget_bytes=int(avazu.target.full_table_bytes() / 4),
+                              train=TrainConfig(batch_size=bs, threads=1), schedule=sch)
+    search = Search(avazu, settings)
+    configs = [("hash", 1e-3), ("hash", 1e-2), ("qr", 1e-2)]
+    truth, rung0 = {}, []
+    for i, (m, lr) in enumerate(configs):
+        plan = search.solve_proxy(m, 1.0, {})
+        truth[i] = statistics.fmean(
+            train(avazu.data, plan, config=convergence_config(avazu.data, lr=lr, seed=s, threads=1,
+                                                              evaluate_test=False), seed=s).fit.validation["auc"]
+            for s in (0, 1, 2))
+        f = train(avazu.data, plan, config=search.trial_config(0, 0, lr), seed=0).fit
+        rung0.append(create_trial(state=TrialState.COMPLETE, value=f.validation["auc"], params={"c": i},
+                                  distributions={"c": CategoricalDistribution([0, 1, 2])},
+                                  user_attrs={"rung": 0, "final_curve": [list(p) for p in f.final_curve]}))
+        rung0[-1].number = i
+    slow = 0
+    assert max(truth, key=truth.__getitem__) == slow, truth  # the truth ranks the slow starter first
+    assert min(range(3), key=lambda i: rung0[i].value) == slow, [t.value for t in rung0]  # ... and it starts last
+    top = promotions(rung0, 0, 3)
+    assert [t.number for t in top] != [slow] and slow not in [t.number for t in top[:1]]
+    promoted = promotions(rung0, 0, 3, doublings=math.log2(sch.rungs[-1] / sch.rungs[0]))
+    assert slow in [t.number for t in promoted]
+    assert len(promoted) <= 2  # the best third plus at most as many climbers
