@@ -289,14 +289,14 @@ def write_html(data: StudyPlotData, path: Path) -> None:
     pad = max(1e-3, 0.1 * (hi - lo))
     # 4. learning curves
     for p in data.curves():
-        pts = [(a, v) for a, v in p.curve if a > 0]
-        fig.add_trace(go.Scatter(x=[a for a, _ in pts], y=[v for _, v in pts], mode="lines", showlegend=False,
+        xy = [(a, v) for a, v in p.curve if a > 0]
+        fig.add_trace(go.Scatter(x=[a for a, _ in xy], y=[v for _, v in xy], mode="lines", showlegend=False,
                                  line={"color": data.colour(p.method), "width": 1 + p.rung},
                                  text=f"#{p.number} {p.method} rung {p.rung}", hoverinfo="text+x+y",
                                  legendgroup=p.method or ""), row=1, col=4)
     for seed, curve in data.finalist_curves:
-        pts = [(a, v) for a, v in curve if a > 0]
-        fig.add_trace(go.Scatter(x=[a for a, _ in pts], y=[v for _, v in pts], mode="lines",
+        xy = [(a, v) for a, v in curve if a > 0]
+        fig.add_trace(go.Scatter(x=[a for a, _ in xy], y=[v for _, v in xy], mode="lines",
                                  name=f"recommended, fresh seed {seed}", line={"color": "black", "dash": "dash"}),
                       row=1, col=4)
     fig.update_xaxes(title_text="training samples (log scale)", type="log", row=1, col=4)
@@ -384,12 +384,12 @@ def write_png(data: StudyPlotData, path: Path) -> None:
     ax3.set_title("best trial per method")
     # 4. learning curves
     for p in data.curves():
-        pts = [(a, v) for a, v in p.curve if a > 0]
-        ax4.plot([a for a, _ in pts], [v for _, v in pts], color=data.colour(p.method), lw=0.8 + 0.7 * p.rung,
+        xy = [(a, v) for a, v in p.curve if a > 0]
+        ax4.plot([a for a, _ in xy], [v for _, v in xy], color=data.colour(p.method), lw=0.8 + 0.7 * p.rung,
                  alpha=0.8)
     for seed, curve in data.finalist_curves:
-        pts = [(a, v) for a, v in curve if a > 0]
-        ax4.plot([a for a, _ in pts], [v for _, v in pts], color="black", ls="--", lw=1.5,
+        xy = [(a, v) for a, v in curve if a > 0]
+        ax4.plot([a for a, _ in xy], [v for _, v in xy], color="black", ls="--", lw=1.5,
                  label=f"recommended, fresh seed {seed}")
     ax4.set_xscale("log")
     ax4.set_xlabel("training samples (log scale)")
