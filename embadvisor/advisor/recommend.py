@@ -175,7 +175,7 @@ def recommend(
                  f"({search.n_candidates} candidates, rungs of {', '.join(f'{r:,}' for r in sch.rungs)} samples; "
                  f"slower methods take longer); time limit {_duration(limit) if limit else 'none'}")
     deadline_all = None if limit is None else t_start + limit
-    reserve = 0.0 if estimate is None or limit is None else min(0.4 * limit, estimate["finalists"])
+    reserve = 0.0 if estimate is None or limit is None else min(0.5 * limit, estimate["finalists"])
     search_deadline = None if deadline_all is None else deadline_all - reserve
     study = prepare_study(search, store, name, key, deadline=search_deadline)
 
