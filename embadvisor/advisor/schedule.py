@@ -15,13 +15,14 @@ training speed, the cost of one evaluation and a trial's fixed overhead. The sch
 best third H/3, the best third of those H, and the best third of those up to 4H (at least H plus twice
 the patience window) with early stopping. Trials evaluate every H/9 samples (never less often than the
 calibration did; a third of the rung in shorter rungs, so every rung has three points of its learning
-curve) and stop early after half a horizon (at least three evaluations) without improvement. Earlier
+curve) and stop early after as many samples without improvement as the calibration waited (three of its
+evaluations, as ``embadvisor train``), or half a horizon if that is less (at least three evaluations). Earlier
 stages of multi-stage methods train one horizon (scaled by their declared fractions), a third of one in
 the two shortest rungs.
 
 A candidate below the cut is promoted too when its learning curve, extrapolated to the last rung's
 resource at the rate it gained over its last doubling of samples, would reach the cut
-(:func:`promotions`; at most as many extra candidates as the cut keeps), so a slow starter is not cut
+(:func:`promotions`; at most half as many extra candidates as the cut keeps, at least one), so a slow starter is not cut
 for being slow.
 
 Why an own rung scheduler on ask/tell and not Optuna's ``SuccessiveHalvingPruner``/``HyperbandPruner``:
@@ -172,8 +173,10 @@ def schedule_from(cal: Calibration, batch_size: int) -> Schedule:
     """The schedule derived from a calibration (see the module docstring)."""
     h = max(cal.horizon_samples, batch_size)
     every = max(batch_size, min(cal.eval_every_samples, round(h / EVALS_PER_HORIZON)))
-    # a trial has converged when it has not improved for half a horizon (at least 3 evaluations)
-    patience = max(CALIBRATION_PATIENCE, math.ceil(PATIENCE_HORIZONS * h / every))
+    # a trial has converged when it has not improved for as many samples as the calibration waited (embadvisor
+    # train's criterion), or half a horizon if that is less; at least 3 evaluations
+    window = min(CALIBRATION_PATIENCE * cal.eval_every_samples, PATIENCE_HORIZONS * h)
+    patience = max(CALIBRATION_PATIENCE, math.ceil(window / every))
     window = patience * every
     rungs = (max(every, round(h / ETA**2)), max(every, round(h / ETA)), max(every, h),
              max(round(MAX_HORIZONS * h), h + 2 * window))
@@ -238,7 +241,7 @@ def promotions(trials: list[optuna.trial.FrozenTrial], rung: int, eta: int, *, m
     """The rung's complete trials to train at the next rung: the best ``ceil(n / eta)`` (at least
     ``minimum``), and the others whose curve was still rising fast enough to reach the cut by the last
     rung (``doublings`` of the resource away; default log2(eta), the next rung), steepest first, at most
-    as many again. Deterministic: ties go to the lower trial number."""
+    half as many again (at least one). Deterministic: ties go to the lower trial number."""
     done = [t for t in trials if rung_of(t) == rung and t.state == TrialState.COMPLETE and t.value is not None
             and math.isfinite(t.value)]
     seen: set[str] = set()
@@ -256,5 +259,5 @@ def promotions(trials: list[optuna.trial.FrozenTrial], rung: int, eta: int, *, m
     steps = math.log2(eta) if doublings is None else doublings
     bounds = {t.number: _rising_bound(t, steps, sign) for t in rest}
     climbers = sorted((t for t in rest if bounds[t.number] >= cut), key=lambda t: (-bounds[t.number], t.number))
-    extra = climbers[:n]
+    extra = climbers[: max(1, math.ceil(n / 2))]
     return top + extra
