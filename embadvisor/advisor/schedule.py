@@ -37,6 +37,7 @@ continuing from a checkpoint but keeps each trial independent, so any worker on 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -213,8 +214,6 @@ def rung_of(t: optuna.trial.FrozenTrial) -> int:
 
 def config_key(t: optuna.trial.FrozenTrial) -> str:
     """The parameters that make a configuration (the same at every rung)."""
-    import json
-
     return json.dumps(sorted(t.params.items()), default=str)
 
 

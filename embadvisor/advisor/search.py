@@ -36,9 +36,9 @@ from optuna.trial import TrialState
 from embadvisor.advisor.schedule import Calibration, Schedule, promotions, rung_of
 from embadvisor.advisor.workloads import Workload
 from embadvisor.errors import EmbAdvisorError, InfeasibleError, InvalidConfigError
-from embadvisor.methods import Plan, Stage, get_method, list_methods, solve
+from embadvisor.methods import Plan, get_method, list_methods, solve
 from embadvisor.tasks.api import TrainReport, convergence_config, serve_bytes_over, train
-from embadvisor.tasks.trainer import TrainConfig, TrainingDiverged, stage_plan
+from embadvisor.tasks.trainer import TrainConfig, TrainingDiverged, default_eval_every
 from embadvisor.units import format_size
 from embadvisor.version import __version__
 
@@ -193,27 +193,28 @@ class Search:
             return {"eval_users": self.s.eval_users, "eval_seed": self.s.seed}
         return {}
 
-    def trial_config(self, rung: int | None, seed: int, lr: float | None = None,
-                     time_cap_s: float | None = None) -> TrainConfig:
-        """Training settings of a trial at ``rung`` (None = the last rung: to convergence)."""
-        if self.schedule is None:
-            raise InvalidConfigError("the search has no schedule yet: calibrate first (recommend() does it).")
-        sch = self.schedule
-        resource = sch.rungs[sch.last if rung is None else rung]
+    def time_cap(self) -> float | None:
+        """Seconds a training run may take: ``train.time_budget_s``, and no further than the deadline."""
         cap = self.s.train.time_budget_s
-        if time_cap_s is not None:
-            cap = time_cap_s if cap is None else min(cap, time_cap_s)
         if self.deadline is not None:
             left = max(1.0, self.deadline - time.time())
             cap = left if cap is None else min(cap, left)
-        lr_kw: dict[str, Any] = {}
-        if lr is not None:
-            lr_kw = {"lr": lr, "embedding_lr": None if self.s.train.embedding_lr is None else
-                     self.s.train.embedding_lr * lr / self.s.train.lr}
-        k = sch.last if rung is None else rung
-        return dataclasses.replace(self.s.train, evaluate_test=False, seed=seed, max_samples=resource,
-                                   eval_every_samples=sch.every(k), stage_samples=sch.stage_samples_at(k),
-                                   patience=sch.patience_at(k), time_budget_s=cap, **lr_kw)
+        return cap
+
+    def lr_fields(self, lr: float) -> dict[str, Any]:
+        """``lr`` for the model, and the embedding lr scaled by the same factor when one is set apart."""
+        t = self.s.train
+        return {"lr": lr, "embedding_lr": None if t.embedding_lr is None else t.embedding_lr * lr / t.lr}
+
+    def trial_config(self, rung: int, seed: int, lr: float) -> TrainConfig:
+        """Training settings of a trial at ``rung``."""
+        if self.schedule is None:
+            raise InvalidConfigError("the search has no schedule yet: calibrate first (recommend() does it).")
+        sch = self.schedule
+        return dataclasses.replace(self.s.train, evaluate_test=False, seed=seed, max_samples=sch.rungs[rung],
+                                   eval_every_samples=sch.every(rung), stage_samples=sch.stage_samples_at(rung),
+                                   patience=sch.patience_at(rung), time_budget_s=self.time_cap(),
+                                   **self.lr_fields(lr))
 
     # -- planning --------------------------------------------------------------------------
     def solve_target(self, method: str, use: float, fixed: dict[str, Any]) -> Plan:
@@ -341,14 +342,12 @@ class Search:
         single = [m for m in self.feasible if len(get_method(m).stages) == 1] or self.feasible
         method = min(single, key=lambda m: (simplicity(m), m))
         proxy = self.solve_proxy(method, 1.0, {})
-        n, bs = self.w.data.num_train, self.s.train.batch_size
-        every = stage_plan(dataclasses.replace(self.s.train, max_samples=n, eval_every=None, eval_every_samples=None),
-                           n, (Stage("train"),))[1] * bs  # as `embadvisor train`: every epoch, at most 256 steps
-        cap = time_cap_s if self.s.train.time_budget_s is None else min(time_cap_s or math.inf,
-                                                                          self.s.train.time_budget_s)
-        cfg = dataclasses.replace(self.s.train, evaluate_test=False, seed=self.s.seed,
-                                  max_samples=CALIBRATION_EPOCHS * max(n, 1), eval_every_samples=every, patience=3,
-                                  stage_samples=None, time_budget_s=cap)
+        n, t = self.w.data.num_train, self.s.train
+        every = default_eval_every(n, t.batch_size) * t.batch_size
+        cap = t.time_budget_s if time_cap_s is None else min(time_cap_s, t.time_budget_s or math.inf)
+        cfg = convergence_config(self.w.data, optimizer=t.optimizer, batch_size=t.batch_size, seed=self.s.seed,
+                                 threads=t.threads, evaluate_test=False, max_samples=CALIBRATION_EPOCHS * max(n, 1),
+                                 time_budget_s=cap, **self.lr_fields(t.lr))
         t0 = time.perf_counter()
         rep = train(self.w.data, proxy, model=self.s.model, dim=self.dim, config=cfg, seed=self.s.seed,
                     engine_options=self.engine_options(sampled=True))
@@ -368,16 +367,12 @@ class Search:
         So the reported metric is what ``embadvisor train`` reaches with these settings."""
         proxy = self.solve_proxy(method, use, fixed)
         t = self.s.train
-        cap = t.time_budget_s
+        cap = self.time_cap()
         if time_cap_s is not None:
             cap = time_cap_s if cap is None else min(cap, time_cap_s)
-        if self.deadline is not None:
-            left = max(1.0, self.deadline - time.time())
-            cap = left if cap is None else min(cap, left)
-        lr = t.lr if lr is None else lr
-        cfg = convergence_config(self.w.data, optimizer=t.optimizer, lr=lr, batch_size=t.batch_size, seed=seed,
+        cfg = convergence_config(self.w.data, optimizer=t.optimizer, batch_size=t.batch_size, seed=seed,
                                  threads=t.threads, evaluate_test=False, time_budget_s=cap,
-                                 embedding_lr=None if t.embedding_lr is None else t.embedding_lr * lr / t.lr)
+                                 **self.lr_fields(t.lr if lr is None else lr))
         return train(self.w.data, proxy, model=self.s.model, dim=self.dim, config=cfg, seed=seed,
                      engine_options=self.engine_options(sampled=False))
 

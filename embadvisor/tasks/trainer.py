@@ -26,8 +26,8 @@ from embadvisor.methods import EmbeddingCollection, Stage
 from embadvisor.methods._hugepages import hugepage_empty
 from embadvisor.tasks.optim import FusedSparseAdam
 
-__all__ = ["FitResult", "TrainConfig", "TrainingDiverged", "TaskEngine", "curve_rise", "fit", "planned_steps",
-           "set_threads", "stage_plan"]
+__all__ = ["FitResult", "TrainConfig", "TrainingDiverged", "TaskEngine", "curve_rise", "default_eval_every", "fit",
+           "planned_steps", "set_threads", "stage_plan"]
 
 
 class TrainingDiverged(EmbAdvisorError):
@@ -151,6 +151,11 @@ def planned_steps(cfg: TrainConfig, num_train: int) -> int:
     return total if cfg.max_steps is None else min(total, max(1, cfg.max_steps))
 
 
+def default_eval_every(num_train: int, batch_size: int) -> int:
+    """Steps between evaluations when training by samples: every epoch, at most every 256 steps."""
+    return max(1, min(math.ceil(num_train / batch_size), 256))
+
+
 def stage_plan(cfg: TrainConfig, num_train: int, stages: tuple[Stage, ...]) -> tuple[list[int], int]:
     """Steps per stage (at most; the final stage may stop early) and the evaluation interval in steps.
 
@@ -163,7 +168,6 @@ def stage_plan(cfg: TrainConfig, num_train: int, stages: tuple[Stage, ...]) -> t
     Evaluation runs every ``eval_every_samples`` (default: every epoch, at most every 256 steps).
     """
     bs = cfg.batch_size
-    per_epoch = max(1, math.ceil(num_train / bs))
     if cfg.max_samples is None:
         total = planned_steps(cfg, num_train)
         return [max(1, round(total * s.budget_fraction)) for s in stages], cfg.eval_every or max(1, total // 10)
@@ -174,7 +178,7 @@ def stage_plan(cfg: TrainConfig, num_train: int, stages: tuple[Stage, ...]) -> t
     if cfg.eval_every_samples:
         every = max(1, math.ceil(cfg.eval_every_samples / bs))
     else:
-        every = cfg.eval_every or max(1, min(per_epoch, 256))
+        every = cfg.eval_every or default_eval_every(num_train, bs)
     return steps, every
 
 
@@ -374,8 +378,7 @@ def fit(
     eval_time += time.perf_counter() - t0
     test = engine.evaluate(model, "test") if cfg.evaluate_test and engine.has_split("test") else None
     latency = engine.latency_ms(model)
-    final_curve = [(s - final_from, v) for s, v in curve if s > final_from]
-    return FitResult(
+    result = FitResult(
         validation=validation,
         test=test,
         history=history,
@@ -390,6 +393,7 @@ def fit(
         curve=curve,
         final_stage_from=final_from,
         converged=converged,
-        rise=curve_rise(final_curve, sign),
         eval_seconds=eval_time,
     )
+    result.rise = curve_rise(result.final_curve, sign)
+    return result
