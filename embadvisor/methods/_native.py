@@ -9,8 +9,32 @@ gradient's rows (:func:`sparse_adam`, behind :class:`~embadvisor.tasks.optim.Fus
 gives the torch code's values (the tests compare them). They are plain C (no Python or torch headers), so the first build takes about
 a second; they run on torch's own OpenMP threads (built against the ``libgomp`` torch has loaded).
 The library is cached under ``$EMBADVISOR_NATIVE_CACHE`` (default ``~/.cache/embadvisor/native``),
-keyed by the source, the compiler and the CPU (it is built with ``-march=native``), and written
-atomically so concurrent workers can share it.
+keyed by the source, the compiler and the CPU (it is built with ``-march=native``).
+
+The cache is per user. Loading a shared library runs its code (its constructors run inside
+``dlopen``, before any check of what it exports), so nothing in the cache is loaded unless only this
+user could have written it:
+
+1. The cache folder must be owned by this user and not writable by group or others, and every folder
+   above it must be owned by this user or root and not writable by group or others unless it has the
+   sticky bit (as ``/tmp`` has). Folders created here are made ``0700``. A cache folder that fails
+   this is not used at all: the kernels are built in a private temporary folder for this process
+   instead, with a warning naming the folder and the fix. A cache folder shared between workers (or
+   machines) must therefore be owned by the user who runs them and not writable by anybody else.
+2. The library and its sidecar ``<library>.sha256`` are opened with ``O_NOFOLLOW`` (symbolic links are
+   refused) and must be regular files owned by this user and not writable by group or others.
+3. The library's sha256, recorded in the sidecar at build time, is checked on the opened file before
+   ``dlopen``, which then loads that same open file (``/proc/self/fd``), so what was checked is what
+   runs. A mismatch, a link or a foreign file is not loaded: it is rebuilt, with a warning. A library
+   without a sidecar (from an older version, or an interrupted build) is rebuilt quietly.
+
+The hash is no defence on its own: whoever can write the cache folder can write both files. It catches
+a damaged or swapped library; the owner and permission checks of step 1 are what keep other users out.
+
+A build compiles into a private ``0700`` folder inside the cache, sets the library to ``0600`` and
+fsyncs it, then moves the library and then its sidecar into place with ``os.replace``. Builders hold an
+exclusive ``flock`` on ``<library>.lock`` (readers a shared one), so concurrent workers build once and
+never load a half-written or mismatched pair.
 
 Everything has a torch fallback: without a C compiler, on other devices or dtypes, or with
 ``EMBADVISOR_NATIVE=0``, the callers use the torch reference. :func:`available` says which.
@@ -20,9 +44,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import hashlib
 import os
+import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -49,7 +76,7 @@ _off = False  # set by disabled()
 
 def _cache_dir() -> Path:
     env = os.environ.get("EMBADVISOR_NATIVE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "embadvisor" / "native"
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "embadvisor" / "native"
 
 
 def _cpu_id() -> str:
@@ -71,34 +98,278 @@ def _compiler() -> str | None:
     return None
 
 
-def _build() -> ctypes.CDLL | None:
-    cc = _compiler()
-    if cc is None:
-        return None
+_SIDECAR = ".sha256"  # the library's sha256, written at build time
+_OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW
+_lib_fds: list[int] = []  # descriptors of loaded libraries, kept open (see _load)
+
+
+class _Refused(Exception):
+    """A cache folder or cached file that another user could have written: ``what`` names it, ``fix`` says what to do."""
+
+    def __init__(self, what: str, fix: str = "") -> None:
+        super().__init__(what)
+        self.what, self.fix = what, fix
+
+
+def _my_uid() -> int:
+    return os.geteuid()
+
+
+def _library_name(cc: str) -> str:
     src = _SOURCE.read_bytes()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     # built for this CPU (-march=native), so the cache key names the CPU too
     key = hashlib.sha256(src + version.encode() + sys.platform.encode() + _cpu_id().encode()).hexdigest()[:16]
-    out = _cache_dir() / f"embadvisor_native_{key}.so"
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    return f"embadvisor_native_{key}.so"
+
+
+def _foreign(st: os.stat_result) -> str | None:
+    """Why another user could write what ``st`` describes (owner, mode), or None."""
+    uid = _my_uid()
+    if st.st_uid != uid:
+        return f"owned by uid {st.st_uid}, not by you (uid {uid})"
+    if st.st_mode & _OTHERS_WRITE:
+        return f"writable by group or others (mode {oct(stat.S_IMODE(st.st_mode))})"
+    return None
+
+
+def _open_cache_dir(where: Path) -> tuple[int, str]:
+    """An open descriptor of the cache folder (created 0700 where missing) and its real path.
+
+    Raises _Refused where the folder or a folder above it lets another user write in it.
+    """
+    fix_elsewhere = ("point EMBADVISOR_NATIVE_CACHE at a folder that you own and nobody else can write "
+                     "(a per-user cache; a shared folder must be owned by you and not writable by others)")
+    path = os.path.abspath(str(where))
+    try:
+        missing = []
+        p = path
+        while not os.path.lexists(p) and os.path.dirname(p) != p:
+            missing.append(p)
+            p = os.path.dirname(p)
+        for m in reversed(missing):
+            with contextlib.suppress(FileExistsError):  # made by another worker: checked below as any folder is
+                os.mkdir(m, 0o700)
+        real = os.path.realpath(path)
+        uid = _my_uid()
+        for parent in reversed(Path(real).parents):
+            st = os.stat(parent)
+            if st.st_uid not in (uid, 0):
+                raise _Refused(f"its parent folder {str(parent)!r} is owned by uid {st.st_uid} (neither you, uid "
+                               f"{uid}, nor root)", fix_elsewhere)
+            if st.st_mode & _OTHERS_WRITE and not st.st_mode & stat.S_ISVTX:
+                raise _Refused(f"its parent folder {str(parent)!r} is writable by group or others without the "
+                               f"sticky bit (mode {oct(stat.S_IMODE(st.st_mode))})",
+                               f"`chmod go-w {str(parent)!r}`, or {fix_elsewhere}")
+        fd = os.open(real, _DIR_FLAGS)
+    except OSError as e:
+        raise _Refused(f"{path!r} cannot be used ({e})", fix_elsewhere) from e
+    st = os.fstat(fd)
+    problem = _foreign(st) if stat.S_ISDIR(st.st_mode) else "not a folder"
+    if problem is not None:
         os.close(fd)
+        fix = f"`chmod go-w {real!r}`, or {fix_elsewhere}" if st.st_uid == _my_uid() else fix_elsewhere
+        raise _Refused(f"{real!r} is {problem}", fix)
+    return fd, real
+
+
+def _open_private(dir_fd: int, name: str, folder: str) -> int:
+    """A read-only descriptor of ``folder/name``, a regular file (not a link) that only we can write.
+
+    Raises FileNotFoundError where there is none, _Refused where it must not be used.
+    """
+    path = os.path.join(folder, name)
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if stat.S_ISLNK(st.st_mode):
+        raise _Refused(f"{path!r} is a symbolic link")
+    if not stat.S_ISREG(st.st_mode):
+        raise _Refused(f"{path!r} is not a regular file")
+    try:  # O_NONBLOCK: a FIFO swapped in after the stat must not block the open
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise
+    except OSError as e:  # ELOOP: it became a link after the stat
+        raise _Refused(f"{path!r} cannot be opened safely ({e})") from e
+    opened = os.fstat(fd)
+    problem = _foreign(opened)
+    if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(opened.st_mode):
+        problem = "replaced while it was opened"
+    if problem is not None:
+        os.close(fd)
+        raise _Refused(f"{path!r} is {problem}")
+    return fd
+
+
+def _sha256(fd: int) -> str:
+    h, offset = hashlib.sha256(), 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        h.update(chunk)
+        offset += len(chunk)
+    return h.hexdigest()
+
+
+def _open_verified(dir_fd: int, folder: str, name: str) -> int | None:
+    """A descriptor of the cached library after its checks (see the module docstring), or None where there is
+    none (or no sidecar: built by an older version or an interrupted build). Raises _Refused on a failed check."""
+    try:
+        sfd = _open_private(dir_fd, name + _SIDECAR, folder)
+    except FileNotFoundError:
+        return None
+    try:
+        fields = os.pread(sfd, 4096, 0).decode("ascii", "replace").split()
+    finally:
+        os.close(sfd)
+    recorded = fields[0] if fields else ""
+    if not re.fullmatch(r"[0-9a-f]{64}", recorded):
+        raise _Refused(f"{os.path.join(folder, name + _SIDECAR)!r} does not hold a sha256")
+    try:
+        fd = _open_private(dir_fd, name, folder)
+    except FileNotFoundError:
+        return None
+    if _sha256(fd) != recorded:
+        os.close(fd)
+        raise _Refused(f"the sha256 of {os.path.join(folder, name)!r} does not match the one recorded in "
+                       f"{os.path.join(folder, name + _SIDECAR)!r} when it was built")
+    return fd
+
+
+@contextlib.contextmanager
+def _locked(dir_fd: int, name: str, exclusive: bool) -> Iterator[None]:
+    """``flock`` on ``<name>.lock`` in the cache; without one (a read-only folder, no flock) the checks still hold."""
+    fd = None
+    with contextlib.suppress(OSError):
+        fd = os.open(name + ".lock", os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | _NOFOLLOW, 0o600, dir_fd=dir_fd)
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _compile(cc: str, out: str) -> None:
+    base = [cc, "-O3", "-shared", "-fPIC", "-o", out, str(_SOURCE)]
+    for extra in (["-march=native", "-fopenmp"], ["-fopenmp"], []):  # without OpenMP: one thread
+        res = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
+        if res.returncode == 0:
+            return
+    raise RuntimeError(res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "compiler failed")
+
+
+def _write_private(dir_fd: int, name: str, data: bytes) -> None:
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600, dir_fd=dir_fd)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _build_into(dir_fd: int, folder: str, name: str, cc: str) -> None:
+    """Compile into a private 0700 folder inside the cache, then move the library, then its sidecar, into place."""
+    build = tempfile.mkdtemp(prefix=".build-", dir=folder)
+    try:
+        _compile(cc, os.path.join(build, name))
+        bfd = os.open(build, _DIR_FLAGS)
         try:
-            base = [cc, "-O3", "-shared", "-fPIC", "-o", tmp, str(_SOURCE)]
-            for extra in (["-march=native", "-fopenmp"], ["-fopenmp"], []):  # without OpenMP: one thread
-                res = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
-                if res.returncode == 0:
-                    break
-            if res.returncode != 0:
-                raise RuntimeError(res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "compiler failed")
-            os.replace(tmp, out)  # atomic: concurrent builders race harmlessly
+            fd = _open_private(bfd, name, build)
+            try:
+                os.fchmod(fd, 0o600)  # dlopen needs read access only
+                os.fsync(fd)
+                digest = _sha256(fd)
+            finally:
+                os.close(fd)
+            _write_private(bfd, name + _SIDECAR, f"{digest}  {name}\n".encode())
+            os.replace(name, name, src_dir_fd=bfd, dst_dir_fd=dir_fd)
+            os.replace(name + _SIDECAR, name + _SIDECAR, src_dir_fd=bfd, dst_dir_fd=dir_fd)
+            with contextlib.suppress(OSError):
+                os.fsync(dir_fd)
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    lib = ctypes.CDLL(str(out))
+            os.close(bfd)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+
+
+def _cached(dir_fd: int, folder: str, name: str, cc: str) -> int:
+    """A descriptor of the checked cached library, built (once among concurrent workers) where needed."""
+    warned = False
+    with _locked(dir_fd, name, exclusive=False):
+        try:
+            fd = _open_verified(dir_fd, folder, name)
+        except _Refused as e:
+            warnings.warn(f"embadvisor: not loading the cached native kernels: {e}; rebuilding them. If this happens "
+                          f"again, delete {folder!r} and check who else can write it.", stacklevel=4)
+            fd, warned = None, True
+    if fd is not None:
+        return fd
+    with _locked(dir_fd, name, exclusive=True):
+        try:
+            fd = _open_verified(dir_fd, folder, name)  # another worker may have built it meanwhile
+        except _Refused as e:
+            if not warned:
+                warnings.warn(f"embadvisor: not loading the cached native kernels: {e}; rebuilding them. If this "
+                              f"happens again, delete {folder!r} and check who else can write it.", stacklevel=4)
+            fd = None
+        if fd is None:
+            _build_into(dir_fd, folder, name, cc)
+            fd = _open_verified(dir_fd, folder, name)
+            if fd is None:
+                raise RuntimeError(f"{os.path.join(folder, name)!r} vanished right after it was built")
+    return fd
+
+
+def _load(fd: int, path: str) -> ctypes.CDLL:
+    """dlopen the file open as ``fd`` (the one that was checked), through ``/proc/self/fd`` where there is one.
+
+    The descriptor stays open while the process runs (ctypes never unloads a library): the dynamic loader
+    matches libraries by name, so a ``/proc/self/fd/N`` name must not be reused for another file.
+    """
+    proc = f"/proc/self/fd/{fd}"
+    if not os.path.exists(proc):
+        os.close(fd)
+        return ctypes.CDLL(path)
+    try:
+        lib = ctypes.CDLL(proc)
+    except BaseException:
+        os.close(fd)
+        raise
+    _lib_fds.append(fd)
+    return lib
+
+
+def _build() -> ctypes.CDLL | None:
+    cc = _compiler()
+    if cc is None or os.name != "posix":
+        return None
+    name = _library_name(cc)
+    try:
+        dir_fd, folder = _open_cache_dir(_cache_dir())
+    except _Refused as e:
+        warnings.warn(f"embadvisor: not using the native kernel cache: {e.what}; building the kernels in a private "
+                      f"temporary folder for this process instead. Fix: {e.fix}.", stacklevel=3)
+        build = tempfile.mkdtemp(prefix="embadvisor-native-")  # 0700, ours; removed once loaded
+        try:
+            _compile(cc, os.path.join(build, name))
+            bfd = os.open(build, _DIR_FLAGS)
+            try:
+                problem = _foreign(os.fstat(bfd))
+                if problem is not None:
+                    raise RuntimeError(f"the temporary folder {build!r} is {problem}")
+                lib = _load(_open_private(bfd, name, build), os.path.join(build, name))
+            finally:
+                os.close(bfd)
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+    else:
+        try:
+            fd = _cached(dir_fd, folder, name, cc)
+        finally:
+            os.close(dir_fd)
+        lib = _load(fd, os.path.join(folder, name))
     if lib.ea_abi_version() != _ABI:
-        raise RuntimeError(f"{out} has ABI {lib.ea_abi_version()}, expected {_ABI}")
+        raise RuntimeError(f"{name} has ABI {lib.ea_abi_version()}, expected {_ABI}")
     i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     lib.ea_hash_rows.argtypes = [ptr, i64, ptr, i64, i64, ptr, cint]
     lib.ea_robe_gather.argtypes = [ptr, i64, ptr, i64, ptr, i64, ptr, cint]
