@@ -25,8 +25,9 @@ from pathlib import Path
 import optuna
 
 from embadvisor.advisor.distributed import run_local_workers
-from embadvisor.advisor.recommend import open_storage, prepare_study
+from embadvisor.advisor.recommend import prepare_study
 from embadvisor.advisor.search import Search, SearchSettings, is_counted, study_key
+from embadvisor.advisor.storage import open_storage
 from embadvisor.advisor.workloads import load_workload
 from embadvisor.tasks.trainer import TrainConfig
 

@@ -39,15 +39,37 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def warn(message: str) -> None:
+    """Print one warning line on stderr."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, soft_wrap=True).print(f"[bold yellow]warning:[/] {escape(message)}")
+
+
 def user_errors(func: F) -> F:
-    """Turn embadvisor's own errors (and unreadable files) into one stderr line and exit 2."""
+    """Turn embadvisor's own errors (and unreadable files) into one stderr line and exit 2; print its
+    warnings (:class:`~embadvisor.errors.EmbAdvisorWarning`) as one ``warning:`` line each."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from embadvisor.errors import EmbAdvisorError
+        import warnings
+
+        from embadvisor.errors import EmbAdvisorError, EmbAdvisorWarning
+
+        default_show = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                 line: str | None = None) -> None:
+            if issubclass(category, EmbAdvisorWarning):
+                warn(str(message))
+            else:
+                default_show(message, category, filename, lineno, file, line)
 
         try:
-            return func(*args, **kwargs)
+            with warnings.catch_warnings():  # restores showwarning afterwards
+                warnings.showwarning = show
+                return func(*args, **kwargs)
         except EmbAdvisorError as e:
             raise fail(str(e)) from None
         except KeyboardInterrupt:
@@ -291,7 +313,9 @@ ModelOpt = Annotated[str, typer.Option(help="CTR model: dlrm|dcn|wdl|deepfm.")]
 MethodsOpt = Annotated[str | None, typer.Option("--methods", help="Comma-separated methods to consider "
                                                  "(default: all).")]
 StorageOpt = Annotated[str | None, typer.Option(help="Optuna storage URL (default: sqlite:///~/.embadvisor/"
-                                              "studies.db; or a journal file path ending in .log).")]
+                                              "studies.db; or a journal file path ending in .log). Read from "
+                                              "$EMBADVISOR_STORAGE when not given, which keeps a password out of "
+                                              "the command line.", envvar="EMBADVISOR_STORAGE")]
 BatchSizeOpt = Annotated[int | None, typer.Option(help="Batch size (default 4096 CTR, 1024 retrieval, halved on "
                                                   "small data so an epoch has at least 64 steps).", min=1)]
 LrOpt = Annotated[float, typer.Option(help="Base learning rate (sampled trials search 1/3x-10x of it).", min=0.0)]
@@ -380,7 +404,7 @@ def recommend(
             raise fail("--queries/--qrels need --vectors, and --vectors needs --task retrieval without --data/--profile.")
         settings_v = vs.VectorSearchSettings(budget_bytes=nbytes, methods=method_list, trials=trials or 24,
                                              time_limit_s=limit if limit is not None else 150.0, seed=seed)
-        from embadvisor.advisor.recommend import open_storage
+        from embadvisor.advisor.storage import open_storage
 
         store_v = open_storage(storage)
         workload_v = vs.load_workload(vectors, queries=queries, qrels=qrels, doc_ids=doc_ids, query_ids=query_ids,
@@ -396,7 +420,7 @@ def recommend(
             report.console_err().print(f"wrote {output}")
         emit_json({k: v for k, v in rec.items() if k != "config"}) if as_json else report.print_recommendation(rec)
         return
-    from embadvisor.advisor.recommend import open_storage
+    from embadvisor.advisor.storage import open_storage
 
     if workers > 1:
         from embadvisor.advisor.distributed import check_parallel_storage
@@ -438,7 +462,8 @@ def recommend(
 @user_errors
 def worker(
     storage: Annotated[str, typer.Option(help="The study's storage: postgresql://user:pass@host/db (many machines) "
-                                         "or a journal .log file (one machine).")],
+                                         "or a journal .log file (one machine); or $EMBADVISOR_STORAGE.",
+                                         envvar="EMBADVISOR_STORAGE")],
     study: Annotated[str, typer.Option(help="The study to join (created by `embadvisor recommend`).")],
     threads: Annotated[int, typer.Option(help="torch threads for this worker.", min=1)] = 1,
     heartbeat: Annotated[int | None, typer.Option(help="Heartbeat interval in seconds on database storages.",
@@ -448,7 +473,7 @@ def worker(
     """Join a study and run its trials until the study's trial or time budget is reached (one process)."""
     from embadvisor.advisor import report
     from embadvisor.advisor.distributed import run_worker
-    from embadvisor.advisor.recommend import open_storage
+    from embadvisor.advisor.storage import open_storage
 
     err = report.console_err()
 
@@ -549,8 +574,8 @@ def pareto(
     """Memory-quality frontier: one pruned search per budget on the same data, with the knee."""
     from embadvisor.advisor import report
     from embadvisor.advisor.pareto import build_workload, parse_budgets, run_pareto
-    from embadvisor.advisor.recommend import open_storage
     from embadvisor.advisor.search import SearchSettings
+    from embadvisor.advisor.storage import open_storage
     from embadvisor.tasks.api import default_batch_size
     from embadvisor.tasks.trainer import TrainConfig
     from embadvisor.units import format_size, parse_duration

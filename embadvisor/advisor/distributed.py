@@ -17,7 +17,9 @@ machine without a server use a journal file (a path ending in ``.log``).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -37,6 +39,7 @@ from embadvisor.advisor.search import (
     study_key,
     trial_counts,
 )
+from embadvisor.advisor.storage import display_url
 from embadvisor.advisor.workloads import cache_dir, workload_from_spec
 from embadvisor.errors import DataError, EmbAdvisorError, InvalidConfigError, UnknownNameError, suggest
 
@@ -52,10 +55,20 @@ def check_parallel_storage(url: str | None) -> None:
     if url is None or url.startswith("sqlite"):
         raise InvalidConfigError(
             f"--workers needs a storage several processes can share, but the storage is "
-            f"{url or 'the default SQLite file'}: SQLite is for one process. Use --storage "
+            f"{display_url(url) or 'the default SQLite file'}: SQLite is for one process. Use --storage "
             "path/to/studies.log (a journal file, one machine) or --storage postgresql://user:pass@host/db "
             "(many machines)."
         )
+
+
+def log_name(study: str) -> str:
+    """A file name for ``study``'s worker logs that stays inside the logs folder: characters other than
+    letters, digits, ``.``, ``_`` and ``-`` become ``_``, no leading dot, at most 80 characters, and a
+    short hash of the name when it had to change (so distinct studies keep distinct logs)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", study).lstrip(".")[:80]
+    if safe == study and safe:
+        return safe
+    return f"{safe or 'study'}-{hashlib.sha256(study.encode()).hexdigest()[:8]}"
 
 
 def load_study_spec(store: Any, name: str) -> tuple[optuna.Study, dict[str, Any]]:
@@ -126,10 +139,11 @@ def run_local_workers(
     logs = cache_dir() / "workers"
     logs.mkdir(parents=True, exist_ok=True)
     procs: list[tuple[subprocess.Popen[bytes], Path]] = []
-    env = dict(os.environ, OMP_NUM_THREADS=str(per), MKL_NUM_THREADS=str(per))
+    # the URL (password included) goes through the environment, not the command line other users can read
+    env = dict(os.environ, OMP_NUM_THREADS=str(per), MKL_NUM_THREADS=str(per), EMBADVISOR_STORAGE=storage_url)
     for i in range(workers):
-        log = logs / f"{study.study_name}-{i}.log"
-        cmd = [sys.executable, "-m", "embadvisor", "worker", "--storage", storage_url, "--study", study.study_name,
+        log = logs / f"{log_name(study.study_name)}-{i}.log"
+        cmd = [sys.executable, "-m", "embadvisor", "worker", "--study", study.study_name,
                "--threads", str(per), "--quiet"]
         if heartbeat_s:
             cmd += ["--heartbeat", str(heartbeat_s)]

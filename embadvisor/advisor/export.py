@@ -14,20 +14,31 @@ import optuna
 import tomllib
 from optuna.trial import TrialState
 
-from embadvisor.errors import DataError, EmbAdvisorError, InvalidConfigError, UnknownNameError, suggest
+from embadvisor.errors import DataError, EmbAdvisorError, InvalidConfigError, UnknownNameError
 
 __all__ = ["build_embedding", "list_studies", "load_config", "load_recommendation", "study_trials", "write_config"]
 
 
 def _load_study(name: str, storage: str | None) -> optuna.Study:
-    from embadvisor.advisor.recommend import open_storage
+    from embadvisor.advisor.storage import open_storage
 
     store = open_storage(storage)
     names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
     if name not in names:
-        raise UnknownNameError(f"`study` must be one of the studies in this storage ({', '.join(names) or 'none'}), "
-                               f"but got study={name!r}.{suggest(name, names)}")
+        raise UnknownNameError(f"`study` must be one of the studies in this storage ({_study_listing(name, names)}), "
+                               f"but got study={name!r}. List them with `embadvisor history`"
+                               f"{'' if storage is None else ' and the same --storage'}.")
     return optuna.load_study(study_name=name, storage=store)
+
+
+def _study_listing(name: str, names: list[str], *, show: int = 3) -> str:
+    """A short account of the studies for an unknown-name error: all of a few, else the count and close matches."""
+    import difflib
+
+    if len(names) <= show:
+        return ", ".join(names) or "none"
+    close = difflib.get_close_matches(name, names, n=show)
+    return f"{len(names)} studies" + (f"; closest: {', '.join(close)}" if close else "")
 
 
 def load_recommendation(name: str, storage: str | None) -> dict[str, Any]:
@@ -50,8 +61,9 @@ def write_config(config: dict[str, Any], path: str | Path) -> Path:
                           "embadvisor.build_embedding(path)")
     else:
         raise InvalidConfigError(f"`output` must end in .toml or .json, but got output={str(path)!r}.")
-    path.write_text(text, encoding="utf-8")
-    return path
+    from embadvisor._checks import write_text
+
+    return write_text(path, text)
 
 
 def _toml_safe(obj: Any) -> Any:
@@ -97,7 +109,7 @@ def build_embedding(config: str | Path | dict[str, Any], *, device: Any = None) 
 
 
 def list_studies(storage: str | None) -> list[dict[str, Any]]:
-    from embadvisor.advisor.recommend import open_storage
+    from embadvisor.advisor.storage import open_storage
 
     store = open_storage(storage)
     rows = []

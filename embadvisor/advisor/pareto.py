@@ -110,8 +110,9 @@ def run_pareto(
     Raises:
         InfeasibleError: when no budget fits any method (checked analytically, before any training).
     """
-    from embadvisor.advisor.recommend import open_storage, recommend
+    from embadvisor.advisor.recommend import recommend
     from embadvisor.advisor.search import Search
+    from embadvisor.advisor.storage import open_storage
 
     if not budgets:
         raise InvalidConfigError("`budgets` must name at least one budget, but got budgets=[].")

@@ -11,9 +11,7 @@ from __future__ import annotations
 import math
 import platform
 import time
-import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -21,6 +19,7 @@ from optuna.trial import TrialState
 
 from embadvisor.advisor import rank
 from embadvisor.advisor.distributed import check_parallel_storage, run_local_workers
+from embadvisor.advisor.resume import recover_abandoned
 from embadvisor.advisor.schedule import Calibration, Schedule, estimate_seconds, rung_of, schedule_from
 from embadvisor.advisor.search import (
     Search,
@@ -28,12 +27,12 @@ from embadvisor.advisor.search import (
     default_study_name,
     heartbeat_enabled,
     make_study,
-    recover_abandoned,
     run_study,
     study_key,
     trial_counts,
 )
-from embadvisor.advisor.workloads import Workload, cache_dir
+from embadvisor.advisor.storage import default_storage, display_url, open_storage
+from embadvisor.advisor.workloads import Workload
 from embadvisor.errors import EmbAdvisorError
 from embadvisor.methods import get_method
 from embadvisor.units import format_size
@@ -42,48 +41,6 @@ from embadvisor.version import __version__
 __all__ = ["CONFIG_VERSION", "default_storage", "open_storage", "prepare_study", "recommend"]
 
 CONFIG_VERSION = 1
-
-
-def default_storage() -> str:
-    """``sqlite:///$EMBADVISOR_HOME/studies.db`` (``~/.embadvisor/studies.db`` by default)."""
-    return f"sqlite:///{cache_dir() / 'studies.db'}"
-
-
-#: heartbeat interval of RDB storages (PostgreSQL, MySQL) in seconds; a trial whose worker sent none
-#: for 3 intervals is failed and re-run by another worker
-HEARTBEAT_S = 10
-
-
-def open_storage(url: str | None, *, heartbeat_s: int | None = None) -> Any:
-    """An Optuna storage for ``url`` (SQLite/PostgreSQL/MySQL URL, or a journal ``.log`` file).
-
-    Server-backed RDB storages get heartbeats and Optuna's stale-trial retry callback, so trials of
-    workers that die are failed and re-run.
-    """
-    url = url or default_storage()
-    try:
-        if url.endswith((".log", ".journal")) and "://" not in url:
-            from optuna.storages import JournalStorage
-            from optuna.storages.journal import JournalFileBackend
-
-            Path(url).parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(url))
-        if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.RDBStorage(url)
-        hb = heartbeat_s or HEARTBEAT_S
-        with warnings.catch_warnings():  # heartbeats are flagged experimental; Optuna's documented way
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=hb, grace_period=3 * hb,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
-            )
-    except Exception as e:  # sqlalchemy / driver errors: one clear line
-        raise EmbAdvisorError(
-            f"cannot open storage {url!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
-            "Use sqlite:///path/to/studies.db, a journal file path ending in .log, or a reachable "
-            "postgresql://user:pass@host/db URL."
-        ) from None
 
 
 def _stated_epsilon(task: str, best: float) -> float:
@@ -246,7 +203,7 @@ def recommend(
         "explanation": why,
         "full_fits": full_fits,
         "study": name,
-        "storage": storage or default_storage(),
+        "storage": display_url(storage or default_storage()),
         "trials": counts,
         "ranking": [c.to_dict() for c in cands],
         "workload": workload.description,
@@ -337,7 +294,7 @@ def export_config(workload: Workload, settings: SearchSettings, plan: Any, win: 
         "training": {"lr": win.lr, "batch_size": settings.train.batch_size, "optimizer": settings.train.optimizer},
         "plan": plan.to_dict(),
         "provenance": {
-            "study": study, "storage": storage or default_storage(), "data": workload.data.source,
+            "study": study, "storage": display_url(storage or default_storage()), "data": workload.data.source,
             "data_fingerprint": workload.data.fingerprint, "seed": settings.seed, "trial": win.trial,
             "versions": {"embadvisor": __version__, "torch": torch.__version__, "optuna": optuna.__version__,
                          "python": platform.python_version()},

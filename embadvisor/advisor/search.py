@@ -33,6 +33,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from embadvisor.advisor.resume import CanonicalSampler
 from embadvisor.advisor.schedule import Calibration, Schedule, promotions, rung_of
 from embadvisor.advisor.workloads import Workload
 from embadvisor.errors import EmbAdvisorError, InfeasibleError, InvalidConfigError
@@ -391,9 +392,10 @@ def is_counted(t: optuna.trial.FrozenTrial) -> bool:
 
     Complete and pruned trials count, and failed ones whose objective recorded why (an exception,
     a divergence). Trials failed because their worker died (a stale heartbeat: Optuna re-runs them
-    as a new trial), interrupted with Ctrl-C, or closed as surplus do not count.
+    as a new trial; or ``abandoned`` by a killed lone process, see :mod:`embadvisor.advisor.resume`),
+    interrupted with Ctrl-C, or closed as surplus do not count.
     """
-    if t.user_attrs.get("surplus") or t.user_attrs.get("interrupted"):
+    if t.user_attrs.get("surplus") or t.user_attrs.get("interrupted") or t.user_attrs.get("abandoned"):
         return False
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
@@ -416,22 +418,6 @@ def heartbeat_enabled(study: optuna.Study) -> bool:
     from optuna.storages._heartbeat import is_heartbeat_enabled  # the check Study.optimize itself uses
 
     return is_heartbeat_enabled(study._storage)
-
-
-#: user attributes a re-run of a trial keeps
-RERUN_ATTRS = ("solver_default", "rung", "parent")
-
-
-def recover_abandoned(study: optuna.Study) -> int:
-    """For single-process storages (SQLite, journal) before a lone run: fail and re-enqueue trials a killed
-    earlier process left RUNNING. Returns how many."""
-    n = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-        attrs = {k: t.user_attrs[k] for k in RERUN_ATTRS if k in t.user_attrs}
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, **attrs})
-        n += 1
-    return n
 
 
 def next_step(search: Search, study: optuna.Study) -> str:
@@ -521,13 +507,10 @@ def make_study(search: Search, storage: Any, name: str, key: dict[str, Any], *,
     ``sampler_seed`` (default: the search seed) must differ between workers of one study, or
     seeded samplers that see the same history propose the same parameters.
     """
-    import warnings
-
     s = search.s
     seed = s.seed if sampler_seed is None else sampler_seed
-    with warnings.catch_warnings():  # `group` is flagged experimental; we rely on it on purpose
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=4)
+    # TPE whose proposals survive kills and resumes (embadvisor.advisor.resume)
+    sampler = CanonicalSampler(seed, multivariate=True, group=True, n_startup_trials=4)
     pruner = optuna.pruners.NopPruner()  # the rungs decide (embadvisor.advisor.schedule)
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler,
                                 pruner=pruner, load_if_exists=True)

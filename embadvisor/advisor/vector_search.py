@@ -27,8 +27,9 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from embadvisor.advisor import rank
-from embadvisor.advisor.recommend import CONFIG_VERSION, _jsonable, default_storage, open_storage
+from embadvisor.advisor.recommend import CONFIG_VERSION, _jsonable
 from embadvisor.advisor.search import BUDGET_USE, default_study_name, make_study, suggest, trial_counts
+from embadvisor.advisor.storage import default_storage, display_url, open_storage
 from embadvisor.errors import EmbAdvisorError, InfeasibleError, InvalidConfigError
 from embadvisor.methods import MemoryEstimate, get_method, list_methods
 from embadvisor.methods._vectors import VectorConfig, corpus_table
@@ -330,7 +331,7 @@ def recommend_vectors(
         "metric": {"name": metric, "validation": win.value, "test": test.get(metric), "validation_all": val_all,
                    "test_all": test},
         "noise_epsilon": eps, "explanation": why, "full_fits": full_fits, "study": name,
-        "storage": storage or default_storage(), "trials": counts, "ranking": [c.to_dict() for c in cands],
+        "storage": display_url(storage or default_storage()), "trials": counts, "ranking": [c.to_dict() for c in cands],
         "workload": workload.description, "proxy": False, "measured_on": "target data", "extrapolated": [],
         "infeasible": {m: p.min_budget_bytes for m, p in search.plans.items() if not p.feasible},
         "seconds": time.perf_counter() - started,

@@ -19,9 +19,10 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from embadvisor.advisor.cli import app
-from embadvisor.advisor.recommend import open_storage, prepare_study, recommend
+from embadvisor.advisor.recommend import prepare_study, recommend
 from embadvisor.advisor.schedule import Schedule
 from embadvisor.advisor.search import Search, SearchSettings, default_study_name, is_counted, study_key
+from embadvisor.advisor.storage import open_storage
 from embadvisor.advisor.workloads import load_workload
 from embadvisor.tasks.trainer import TrainConfig
 
