@@ -166,9 +166,10 @@ def load_workload(
     if data is None:
         raise InvalidConfigError("--profile needs --data (the data trained here); or drop both for the built-in "
                                  "workload.")
+    from embadvisor.data._text import resolve_path
     from embadvisor.tasks.datasets import load_task_data
 
-    path = Path(data).expanduser().resolve()
+    path = resolve_path(data)
     td = load_task_data(task, path, fmt=fmt, label=label, fields=fields, seed=seed)
     dim = profile.embedding_dim if profile is not None else (64 if task == "retrieval" else 16)
     w = workload_from_data(task, td, profile, dim)

@@ -3,8 +3,10 @@ and an ordered parallel map that keeps a bounded number of chunks in flight."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,33 +38,86 @@ def default_threads() -> int:
     return max(1, min(8, n))
 
 
-def check_file(path: str | Path) -> Path:
-    """The path as a :class:`Path` if it is an existing, non-empty regular file, else a DataError."""
+def _kind(mode: int) -> str:
+    """What a non-regular, non-directory file is, in words."""
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def check_file(path: str | Path, what: str = "data") -> Path:
+    """The path as a :class:`Path` if it is an existing, readable, non-empty regular file, else a DataError.
+
+    ``what`` names the file in the messages (``"data"``, ``"qrels"``, ...). Symbolic-link loops,
+    broken links, devices such as ``/dev/null`` and pipes get their own messages.
+    """
     p = Path(path)
-    if not p.exists():
-        raise DataError(f"data file {str(p)!r} does not exist. Check the path.")
-    if p.is_dir():
-        raise DataError(f"data path {str(p)!r} is a directory, not a file. Pass one data file inside it.")
-    if not p.is_file():
-        raise DataError(f"data path {str(p)!r} is not a regular file. Pass a data file.")
     try:
-        size = p.stat().st_size
+        st = os.stat(p)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DataError(f"{what} path {str(p)!r} is a symbolic link loop (following it leads back to itself). "
+                            "Point it at a data file.") from None
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            if os.path.islink(p):
+                raise DataError(f"{what} file {str(p)!r} does not exist: it is a broken symbolic link (to "
+                                f"{os.readlink(p)!r}). Check the path.") from None
+            raise DataError(f"{what} file {str(p)!r} does not exist. Check the path.") from None
+        raise DataError(f"{what} path {str(p)!r} cannot be accessed ({e.strerror}). Check the path and its "
+                        "permissions.") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DataError(f"{what} path {str(p)!r} is a directory, not a file. Pass one data file inside it.")
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"{what} path {str(p)!r} exists but is {_kind(st.st_mode)}, not a regular file. "
+                        "Pass a data file.")
+    try:
         with open(p, "rb"):
             pass
     except OSError as e:
-        raise DataError(f"data file {str(p)!r} cannot be read ({e.strerror}). Check its permissions.") from None
-    if size == 0:
-        raise DataError(f"data file {str(p)!r} is empty. Pass a file with at least one row.")
+        raise DataError(f"{what} file {str(p)!r} cannot be read ({e.strerror}). Check its permissions.") from None
+    if st.st_size == 0:
+        raise DataError(f"{what} file {str(p)!r} is empty. Pass a file with at least one row.")
     return p
 
 
+def resolve_path(path: str | Path, what: str = "data") -> Path:
+    """``path`` made absolute with symbolic links resolved (DataError on a link loop)."""
+    p = Path(path).expanduser()
+    try:
+        return p.resolve()
+    except (RuntimeError, OSError):  # Python < 3.13 raises RuntimeError on a loop, later versions OSError
+        raise DataError(f"{what} path {str(p)!r} is a symbolic link loop (following it leads back to itself). "
+                        "Point it at a data file.") from None
+
+
 def read_head(path: Path, size: int = 1 << 16) -> bytes:
-    """The first ``size`` bytes of a file (DataError when it cannot be read)."""
+    """The first bytes of a file: at least ``size`` (or the whole file), and for text files at least
+    its first two complete lines, so a header longer than ``size`` is never cut (DataError when it
+    cannot be read, or when the first line is longer than :data:`MAX_LINE_BYTES`)."""
     try:
         with open(path, "rb") as f:
-            return f.read(size)
+            head = f.read(size)
+            if len(head) < size or head.startswith(PARQUET_MAGIC) or b"\x00" in head:
+                return head
+            block = size
+            while head.count(b"\n", 0, MAX_LINE_BYTES) < 2 and len(head) < MAX_LINE_BYTES + size:
+                more = f.read(block)
+                if not more:
+                    return head
+                head += more
+                block = min(2 * block, 16 << 20)
     except OSError as e:
         raise DataError(f"data file {str(path)!r} cannot be read ({e.strerror}).") from None
+    if b"\n" not in head[:MAX_LINE_BYTES]:
+        raise DataError(f"{str(path)!r} has a first line longer than {MAX_LINE_BYTES >> 20} MiB: it is not "
+                        "line-based text. Pass a text data file or the right --format.")
+    return head
 
 
 def first_lines(head: bytes, n: int = 20) -> list[str]:

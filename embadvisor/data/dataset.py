@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from embadvisor.data._counts import count_values, frequency_order, split_missing
 from embadvisor.data._text import natural_key
-from embadvisor.data.formats import DEFAULT_BATCH_ROWS, Batch, Source, open_source
+from embadvisor.data.formats import DEFAULT_BATCH_ROWS, Batch, Source, check_id_column, open_source
 from embadvisor.errors import DataError, InvalidConfigError
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "InteractionDataset",
     "Split",
     "encode_frequency",
+    "encode_interaction_ids",
     "load_ctr",
     "load_interactions",
     "split_leave_last_out",
@@ -289,6 +290,35 @@ class InteractionDataset:
         return int(self.users.shape[0])
 
 
+def encode_interaction_ids(values: pa.Array | pa.ChunkedArray, path: Path, column: str,
+                           what: str) -> tuple[np.ndarray, pa.Array, np.ndarray]:
+    """:func:`encode_frequency` for the user or item ids of interactions, which have no missing ids.
+
+    Args:
+        values: the ids, one per interaction.
+        path: the source file (named in errors).
+        column: the column the ids come from.
+        what: ``"user"`` or ``"item"``.
+
+    Returns:
+        ``(ids, vocabulary, counts)`` with ``counts`` holding one entry per id (no reserved one).
+
+    Raises:
+        DataError: the column holds nested values (structs, lists), or some ids are null or empty.
+    """
+    check_id_column(path, column, values.type, lists=False)
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    ids, vocab, counts = encode_frequency(values)
+    missing = int(counts[-1])
+    if missing:
+        first = int(np.flatnonzero(ids == len(vocab))[0])
+        raise DataError(f"{str(path)!r}: {missing} interactions have no {what} id (null or empty in column "
+                        f"{column!r}, first at row {first + 1}), but every interaction needs a user and an item. "
+                        "Drop those rows or fill in the ids.")
+    return ids, vocab, counts[:-1]
+
+
 def _positions(users: np.ndarray, key: np.ndarray | None = None) -> np.ndarray:
     """Position of every row within its user's rows, ordered by ``key`` then row (vectorised)."""
     n = users.shape[0]
@@ -328,8 +358,10 @@ def load_interactions(path: str | Path, fmt: str | None = None, *, batch_rows: i
     batches = _collect(source, batch_rows, threads)
     if sum(b.num_rows for b in batches) == 0:
         raise DataError(f"{source.describe()} has no interactions. Pass a file with at least one.")
-    users, uvocab, ucounts = encode_frequency(_concat([b.fields[ucol] for b in batches]))
-    items, ivocab, icounts = encode_frequency(_concat([b.fields[icol] for b in batches]))
+    users, uvocab, ucounts = encode_interaction_ids(_concat([b.fields[ucol] for b in batches]), source.path, ucol,
+                                                    "user")
+    items, ivocab, icounts = encode_interaction_ids(_concat([b.fields[icol] for b in batches]), source.path, icol,
+                                                    "item")
     weights = timestamps = None
     if all(b.weight is not None for b in batches):
         weights = _concat([b.weight for b in batches]).cast(pa.float32()).fill_null(0).to_numpy()  # type: ignore[misc]
@@ -337,7 +369,7 @@ def load_interactions(path: str | Path, fmt: str | None = None, *, batch_rows: i
         timestamps = _concat([b.time for b in batches]).cast(pa.int64()).fill_null(0).to_numpy()  # type: ignore[misc]
     return InteractionDataset(
         users=users, items=items, num_users=len(uvocab), num_items=len(ivocab),
-        order=_positions(users, timestamps), counts={"user": ucounts[:-1], "item": icounts[:-1]},
+        order=_positions(users, timestamps), counts={"user": ucounts, "item": icounts},
         vocabularies={"user": uvocab, "item": ivocab}, weights=weights, timestamps=timestamps,
         path=source.path, format=lay.format,
     )

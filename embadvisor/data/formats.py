@@ -46,6 +46,7 @@ __all__ = [
     "Format",
     "Layout",
     "Source",
+    "check_id_column",
     "format_names",
     "get_format",
     "guess_format",
@@ -182,6 +183,14 @@ def _q(path: Path) -> str:
     return repr(str(path))
 
 
+def _listing(names: Sequence[str], limit: int = 20) -> str:
+    """``names`` joined with commas; a long list cut to its first ``limit`` names and a count."""
+    names = list(names)
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:limit]) + f", ... ({len(names)} in all)"
+
+
 def _select_fields(path: Path, fmt: str, available: Sequence[str], fields: Sequence[str] | None) -> tuple[str, ...]:
     """The requested fields, checked against the ones the file has."""
     if fields is None:
@@ -191,22 +200,30 @@ def _select_fields(path: Path, fmt: str, available: Sequence[str], fields: Seque
     fields = list(fields)
     if not fields:
         raise DataError(f"`fields` must name at least one column, but got fields={fields!r}. "
-                        f"Leave it out to use all of them: {', '.join(available)}.")
+                        f"Leave it out to use all of them: {_listing(available)}.")
     unknown = [f for f in fields if f not in available]
     if unknown:
-        raise DataError(f"`fields` must be columns of {_q(path)}, but got fields={unknown!r}; its {fmt} columns are: "
-                        f"{', '.join(available)}.{suggest(unknown[0], list(available))}")
+        raise DataError(f"`fields` must be columns of {_q(path)}, but got fields={_text.shorten(repr(unknown), 200)}; "
+                        f"its {fmt} columns are: {_listing(available)}.{suggest(unknown[0], list(available))}")
     dup = sorted({f for f in fields if fields.count(f) > 1})
     if dup:
         raise DataError(f"`fields` must not repeat a column, but got fields={fields!r}. Remove the duplicates {dup}.")
     return tuple(fields)
 
 
-def _fixed_label(path: Path, fmt: str, label: str | None, actual: str | None) -> str | None:
-    if label is not None and label != actual:
-        raise DataError(f"`label` must be {actual!r} for the {fmt} format (it is fixed), but got label={label!r}. "
-                        "Leave --label out, or pass --format csv to choose columns freely.")
-    return actual
+def _fixed_label(path: Path, fmt: str, label: str | None, actual: str | None, columns: str = "") -> str | None:
+    """The format's own label column (``actual``); ``label``, when given, must name it.
+
+    ``columns`` describes the file's columns for the message when it has no label column.
+    """
+    if label is None or label == actual:
+        return actual
+    if actual is None:
+        what = f" ({columns})" if columns else ""
+        raise DataError(f"{_q(path)} has no label column{what}, so label={label!r} cannot apply. Leave --label out "
+                        "to read it unlabelled (profiling only), or pass the file that holds the labels.")
+    raise DataError(f"`label` must be {actual!r} for the {fmt} format (it is fixed), but got label={label!r}. "
+                    "Leave --label out, or pass --format csv to choose columns freely.")
 
 
 def _mean_line_bytes(head: bytes) -> float:
@@ -293,17 +310,26 @@ class _CsvSource(_TextSource):
 
     def _read_table(self, chunk: Chunk, dense: bool) -> pa.Table:
         include = self._include(dense)
-        try:
+
+        def read(block_size: int) -> pa.Table:
             return pacsv.read_csv(
                 pa.BufferReader(chunk.buffer),
-                read_options=pacsv.ReadOptions(column_names=self._names, use_threads=False,
-                                               block_size=_CSV_BLOCK_BYTES),
+                read_options=pacsv.ReadOptions(column_names=self._names, use_threads=False, block_size=block_size),
                 parse_options=self._parse_opts,
                 convert_options=pacsv.ConvertOptions(
                     column_types={c: self._types[c] for c in include if c in self._types},
                     include_columns=include, null_values=[""], strings_can_be_null=False,
                     quoted_strings_can_be_null=False, check_utf8=False),
             )
+
+        try:
+            try:
+                return read(_CSV_BLOCK_BYTES)
+            except pa.ArrowInvalid as e:
+                if "straddl" not in str(e):
+                    raise
+                # a row longer than the tokenizer block (a field of megabytes): parse the chunk as one block
+                return read(max(_CSV_BLOCK_BYTES, chunk.end + 1))
         except pa.ArrowException as e:
             raise self._diagnose(chunk, str(e)) from None
 
@@ -328,6 +354,10 @@ class _CsvSource(_TextSource):
             if hit:
                 return self._line_error(chunk, hit[0], problem, fix)
             return DataError(f"{_q(self.path)}: a row {problem}. {fix}")
+        if "straddl" in msg:  # a row longer than any block (only after the one-block retry failed)
+            return DataError(f"{_q(self.path)} has a row too long to parse as one block (a field of about "
+                             f"{chunk.end >> 20} MiB or more). Shorten the longest fields, or drop those columns "
+                             "with --fields.")
         m = re.search(r"column #(\d+).*conversion error to (\w+): invalid value '(.*)'", msg)
         if m:
             k, typ, value = int(m.group(1)), m.group(2), m.group(3)
@@ -381,7 +411,7 @@ class CriteoFormat(Format):
         else:
             raise DataError(f"{_q(path)} line 1 has {len(tokens)} tab-separated columns, but criteo rows have 40 "
                             "(label, I1-I13, C1-C26) or 39 (no label). Check the file or pass the right --format.")
-        label_col = _fixed_label(path, self.name, label, label_col)
+        label_col = _fixed_label(path, self.name, label, label_col, "its criteo rows have 39 columns: I1-I13, C1-C26")
         chosen = _select_fields(path, self.name, CRITEO_CATEGORICAL, fields)
         types: dict[str, pa.DataType] = {c: pa.string() for c in CRITEO_CATEGORICAL}
         types.update({c: pa.float64() for c in CRITEO_DENSE})
@@ -417,7 +447,8 @@ class AvazuFormat(Format):
             raise DataError(f"{_q(path)} line 1 has {len(tokens)} comma-separated columns, but avazu rows have 24 "
                             "(id, click, hour, C1, ..., C21) or 23 (no click). Check the file or pass the right "
                             "--format.")
-        label_col = _fixed_label(path, self.name, label, "click" if "click" in names else None)
+        label_col = _fixed_label(path, self.name, label, "click" if "click" in names else None,
+                                 f"its avazu rows have {len(names)} columns and no 'click'")
         available = [c for c in names if c not in ("id", "click")]
         chosen = _select_fields(path, self.name, available, fields)
         types: dict[str, pa.DataType] = {c: pa.string() for c in chosen}
@@ -449,7 +480,7 @@ def _resolve_label(path: Path, names: Sequence[str], label: str | None) -> str |
         return _default_label(names)
     if label not in names:
         raise DataError(f"`label` must be a column of {_q(path)}, but got label={label!r}; its columns are: "
-                        f"{', '.join(names)}.{suggest(label, list(names))}")
+                        f"{_listing(names)}.{suggest(label, list(names))}")
     return label
 
 
@@ -573,6 +604,8 @@ class ParquetFormat(Format):
             raise DataError(f"{_q(path)} has no column besides the label {label_col!r}. "
                             "Pass a file with categorical columns.")
         chosen = _select_fields(path, self.name, available, fields)
+        for c in chosen:
+            check_id_column(path, c, schema.field(c).type)
         single = tuple(c for c in chosen if not _is_list(schema.field(c).type))
         multi = tuple(c for c in chosen if _is_list(schema.field(c).type))
         if pf.metadata.num_rows == 0:
@@ -583,6 +616,22 @@ class ParquetFormat(Format):
 
 def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
+def check_id_column(path: Path, column: str, t: pa.DataType, *, lists: bool = True) -> None:
+    """DataError unless a column of type ``t`` can hold categorical ids (with ``lists``: or lists of them).
+
+    Ids are counted by value, so any flat type works (integers, strings, floats, dates, ...); nested
+    values (structs, maps, lists of lists) cannot be ids.
+    """
+    inner = t.value_type if lists and _is_list(t) else t
+    if pa.types.is_dictionary(inner):
+        inner = inner.value_type
+    if pa.types.is_nested(inner):
+        kinds = "integers or strings" + (" (or lists of them)" if lists else "")
+        fix = "Flatten it into plain columns, or leave it out with --fields." if lists else \
+            "Write the ids as one integer or string column."
+        raise DataError(f"column {column!r} of {_q(path)} is {t}, but id columns must hold {kinds}. {fix}")
 
 
 # --------------------------------------------------------------------------- movielens
@@ -886,12 +935,21 @@ class _LibfmSource(_LineSource):
         parts = pc.split_pattern(flat, ":")
         nparts = pc.list_value_length(parts).to_numpy(zero_copy_only=False)
         want = 3 if self._ffm else 2
+        shape = "field:index:value" if self._ffm else "index:value"
         bad = np.flatnonzero(nparts != want)
         if bad.size:
-            shape = "field:index:value" if self._ffm else "index:value"
             raise self._bad_row(chunk, line_idx, parents[bad], f"a feature is not '{shape}'",
                                 f"Fix the line, or pass the right --format ({'libfm' if self._ffm else 'libffm'}?).")
         idx = pc.list_element(parts, want - 2)
+        keys = [idx, pc.list_element(parts, 0)] if self._ffm else [idx]
+        for key, what in zip(keys, ("index", "field"), strict=False):
+            empty = np.flatnonzero(pc.equal(pc.binary_length(key), 0).to_numpy(zero_copy_only=False))
+            if empty.size:
+                raise self._bad_row(chunk, line_idx, parents[empty], f"a feature has an empty {what}",
+                                    f"Write every feature as '{shape}'.")
+        # values are ignored, but must be numbers: 'idx:x' means the file is not what it claims to be
+        self._cast_tokens(chunk, line_idx, pc.list_element(parts, want - 1), parents, pa.float64(),
+                          "a feature value")
         if not self._ffm:
             lengths = np.bincount(parents, minlength=n)
             return Batch(n, label=label, multi={"features": pa.ListArray.from_arrays(_offsets_from_lengths(lengths),

@@ -112,7 +112,10 @@ class DLRM(CtrModel):
         self.register_buffer("li", li, persistent=False)
         self.register_buffer("lj", lj, persistent=False)
         pairs = n * (n - 1) // 2
-        self.top = mlp([pairs + (dim if num_dense else 0), *top, 1])
+        # a single vector (one field, no dense features) has no pairs: the top MLP reads the vector itself
+        # instead of an empty interaction (which would leave the model nothing to learn from)
+        self.single = pairs == 0
+        self.top = mlp([(num_fields * dim if self.single else pairs) + (dim if num_dense else 0), *top, 1])
 
     def head(self, e: torch.Tensor, dense: torch.Tensor | None) -> torch.Tensor:
         if self.bottom is not None and dense is not None:
@@ -120,7 +123,7 @@ class DLRM(CtrModel):
             t = torch.cat([x.unsqueeze(1), e], dim=1)
         else:
             x, t = None, e
-        z = torch.bmm(t, t.transpose(1, 2))[:, self.li, self.lj]
+        z = e.flatten(1) if self.single else torch.bmm(t, t.transpose(1, 2))[:, self.li, self.lj]
         top_in = torch.cat([x, z], dim=1) if x is not None else z
         return self.top(top_in).squeeze(-1)
 

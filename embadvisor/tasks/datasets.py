@@ -8,11 +8,14 @@ Retrieval protocols:
 - ``leave-last-out``: sequence files (amazon-s3rec): each user's last item is test, the second
   last validation.
 - ``random``: otherwise, a seeded random split of the interactions (80/10/10).
-Id counts for frequency-aware methods always come from the training split only.
+Id counts for frequency-aware methods always come from the training split only. A split that
+leaves nothing to evaluate is refused (DataError); one without validation or without test
+interactions warns (EmbAdvisorWarning). CTR files need enough rows for a row in every split part.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +24,9 @@ import pyarrow.compute as pc
 import torch
 
 from embadvisor.data import load_ctr, load_interactions, split_leave_last_out, split_ordered, split_random
+from embadvisor.data._text import check_file
 from embadvisor.data.dataset import InteractionDataset
-from embadvisor.errors import DataError, InvalidConfigError
+from embadvisor.errors import DataError, EmbAdvisorWarning, InvalidConfigError
 from embadvisor.profiles.schema import FrequencySummary, TableSpec
 from embadvisor.tasks.api import TaskData
 from embadvisor.tasks.ctr import CtrTensors
@@ -50,6 +54,8 @@ def ctr_task_data(
     if split not in ("random", "ordered"):
         raise InvalidConfigError(f"`split` must be 'random' or 'ordered', but got split={split!r}.")
     sp = split_random(ds.num_rows, fractions, seed) if split == "random" else split_ordered(ds.num_rows, fractions)
+    if min(sp.sizes()) == 0:
+        raise DataError(_too_few_rows(path, ds.num_rows, fractions))
     train_rows = sp.train
     counts: list[np.ndarray] = []
     tables: list[TableSpec] = []
@@ -79,6 +85,50 @@ def ctr_task_data(
     return TaskData("ctr", ctr=tensors, name=Path(path).name, source=f"{path} ({ds.format})")
 
 
+def _too_few_rows(path: str | Path, rows: int, fractions: tuple[float, float, float]) -> str:
+    """The message for a file too small to give every split part a row."""
+    shares = "/".join(f"{100 * f:g}" for f in fractions)
+    need = next((n for n in range(rows + 1, 10_000) if min(split_ordered(n, fractions).sizes()) > 0), None)
+    at_least = f"at least {need} rows" if need is not None else "a row in each part"
+    return (f"{str(path)!r} has {rows} row{'s' if rows != 1 else ''}, but CTR training needs {at_least}: the "
+            f"{shares} train/validation/test split must leave a row in each part. Pass a larger file.")
+
+
+def _check_evaluable(path: Path, protocol: str, ds: InteractionDataset, n_valid: int, n_test: int,
+                     info: dict[str, Any]) -> None:
+    """Refuse a split that leaves nothing to evaluate; warn when it leaves no validation or no test interactions."""
+    if n_valid and n_test:
+        return
+    if protocol == "leave-last-out":
+        longest = int(np.bincount(ds.users).max()) if ds.num_rows else 0
+        why_valid = f"no user has 3 or more interactions (the longest history has {longest})"
+        why_test = "every user has a single interaction"
+        rule = ("; leave-last-out holds out the last interaction of users with 2 or more and the second last of "
+                "users with 3 or more")
+        fix = "Pass --protocol random, or data with longer user histories."
+    elif protocol == "given":
+        why_valid = (f"the seeded {info.get('valid_fraction', 0):.0%} validation share of the {ds.num_rows} "
+                     "training interactions is empty")
+        why_test = (f"none of the test interactions has a user and an item seen in training "
+                    f"({info.get('test_rows_dropped_unseen', 0)} dropped)")
+        rule = ""
+        fix = "Pass more training data, or a test file whose users and items occur in training."
+    else:
+        why_valid = why_test = (f"{ds.num_rows} interaction{'s are' if ds.num_rows != 1 else ' is'} too few for "
+                                "the 80/10/10 random split")
+        rule = ""
+        fix = "Pass more interactions."
+    where = f"{str(path)!r} (protocol {protocol})"
+    if not n_valid and not n_test:
+        raise DataError(f"{where} leaves nothing to evaluate: {why_test}{rule}. {fix}")
+    if not n_valid:
+        msg = (f"{where} leaves no validation interactions: {why_valid}{rule}. Validation metrics are 0 and cannot "
+               f"pick the best model or stop training early. {fix}")
+    else:
+        msg = f"{where} leaves no test interactions: {why_test}{rule}. No test metrics are reported. {fix}"
+    warnings.warn(msg, EmbAdvisorWarning, stacklevel=3)
+
+
 def _remap(ds: InteractionDataset, ref: InteractionDataset) -> tuple[np.ndarray, np.ndarray, int]:
     """Map ``ds``'s users/items into ``ref``'s id spaces; drop rows with ids ``ref`` never saw."""
     out = []
@@ -97,8 +147,9 @@ def _load_interactions(path: Path, fmt: str | None) -> InteractionDataset:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from embadvisor.data.dataset import _positions, encode_frequency
+        from embadvisor.data.dataset import _positions, encode_interaction_ids
 
+        check_file(path)
         try:
             table = pq.read_table(path)
         except (OSError, pa.ArrowInvalid) as e:
@@ -109,10 +160,10 @@ def _load_interactions(path: Path, fmt: str | None) -> InteractionDataset:
                             "Retrieval Parquet files need `user` and `item` columns.")
         if table.num_rows == 0:
             raise DataError(f"{str(path)!r} has no interactions. Pass a file with at least one.")
-        users, uvocab, ucounts = encode_frequency(table["user"])
-        items, ivocab, icounts = encode_frequency(table["item"])
+        users, uvocab, ucounts = encode_interaction_ids(table["user"], path, "user", "user")
+        items, ivocab, icounts = encode_interaction_ids(table["item"], path, "item", "item")
         return InteractionDataset(users=users, items=items, num_users=len(uvocab), num_items=len(ivocab),
-                                  order=_positions(users), counts={"user": ucounts[:-1], "item": icounts[:-1]},
+                                  order=_positions(users), counts={"user": ucounts, "item": icounts},
                                   vocabularies={"user": uvocab, "item": ivocab}, path=path, format="parquet")
     return load_interactions(path, fmt)
 
@@ -165,6 +216,7 @@ def retrieval_task_data(
         train_idx, valid_idx = sp.train, sp.valid
         test_pairs = (ds.users[sp.test], ds.items[sp.test])
         info = dict(sp.policy)
+    _check_evaluable(path, protocol, ds, len(valid_idx), len(test_pairs[0]), info)
     users, items = ds.users, ds.items
     tensors = RetrievalTensors(
         num_users=ds.num_users,

@@ -41,10 +41,21 @@ def _read_parquet(path: Path, what: str):  # type: ignore[no-untyped-def]
 
 
 def _check_file(path: str | Path, what: str) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{what} file {str(p)!r} does not exist.")
-    return p
+    from embadvisor.data._text import check_file
+
+    return check_file(path, what)
+
+
+def _text_lines(path: Path, what: str) -> list[str]:
+    """The lines of a UTF-8 text file (DataError naming the line when it is not UTF-8)."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{what} file {str(path)!r} line {line} is not UTF-8 text (byte 0x{data[e.start]:02x}). "
+                        "Re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
+    return text.splitlines()
 
 
 def load_matrix(path: str | Path, what: str = "vectors") -> tuple[np.ndarray, list[str] | None]:
@@ -118,7 +129,7 @@ def load_ids(path: str | Path, what: str = "ids") -> list[str]:
             raise DataError(f"{what} file {str(p)!r} has no id column (doc_id, query_id, id or a string column); "
                             f"columns: {table.column_names}.")
         return [str(v) for v in table.column(col).to_pylist()]
-    return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in _text_lines(p, what) if line.strip()]
 
 
 def load_qrels(path: str | Path, query_ids: list[str], doc_ids: list[str]) -> list[dict[int, float]]:
@@ -136,18 +147,30 @@ def load_qrels(path: str | Path, query_ids: list[str], doc_ids: list[str]) -> li
                             f"but {', '.join(missing)} is missing; columns: {table.column_names}.")
         qs = [str(v) for v in table.column("query_id").to_pylist()]
         ds = [str(v) for v in table.column("doc_id").to_pylist()]
-        rel = (table.column("relevance").to_pylist() if "relevance" in table.column_names else [1] * len(qs))
+        raw = table.column("relevance").to_pylist() if "relevance" in table.column_names else [1] * len(qs)
+        rel = []
+        for i, r in enumerate(raw):
+            value = _relevance(r)
+            if value is None:
+                raise DataError(f"qrels file {str(p)!r} row {i + 1}: `relevance` must be a finite number, but got "
+                                f"relevance={r!r} (query {qs[i]!r}, doc {ds[i]!r}). Fix the column.")
+            rel.append(value)
     else:  # TREC: qid iteration docno rel
         qs, ds, rel = [], [], []
-        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        for i, line in enumerate(_text_lines(p, "qrels"), 1):
             parts = line.split()
             if not parts:
                 continue
             if len(parts) != 4:
-                raise DataError(f"qrels file {str(p)!r} line {i} must be 'qid 0 docno relevance', but got {line!r}.")
+                raise DataError(f"qrels file {str(p)!r} line {i} must be 'qid 0 docno relevance', but got "
+                                f"{line[:80]!r}.")
+            value = _relevance(parts[3])
+            if value is None:
+                raise DataError(f"qrels file {str(p)!r} line {i}: the relevance (4th column) must be a finite "
+                                f"number, but got {parts[3][:40]!r}. Fix the line ('qid 0 docno relevance').")
             qs.append(parts[0])
             ds.append(parts[2])
-            rel.append(float(parts[3]))
+            rel.append(value)
     if not qs:
         raise DataError(f"qrels file {str(p)!r} has no rows.")
     qpos = {q: i for i, q in enumerate(query_ids)}
@@ -166,10 +189,19 @@ def load_qrels(path: str | Path, query_ids: list[str], doc_ids: list[str]) -> li
                         "default ids).")
     out: list[dict[int, float]] = [{} for _ in query_ids]
     for q, d, r in zip(qs, ds, rel, strict=True):
-        if r is None or not np.isfinite(float(r)):
-            raise DataError(f"qrels file {str(p)!r}: relevance of ({q!r}, {d!r}) must be a number, but got {r!r}.")
-        out[qpos[q]][dpos[d]] = float(r)
+        out[qpos[q]][dpos[d]] = r
     return out
+
+
+def _relevance(value: object) -> float | None:
+    """A relevance grade as a finite float, or None when it is not one."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        r = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return r if np.isfinite(r) else None
 
 
 def _check_ids(ids: list[str], rows: int, what: str) -> None:
