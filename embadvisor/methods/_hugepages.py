@@ -37,7 +37,8 @@ def _libc_madvise():  # type: ignore[no-untyped-def]
         f = None
         if sys.platform.startswith("linux") and os.environ.get("EMBADVISOR_HUGEPAGES", "1") != "0":
             try:
-                mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+                with open("/sys/kernel/mm/transparent_hugepage/enabled") as fh:
+                    mode = fh.read()
                 if "[never]" not in mode:
                     f = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).madvise
                     f.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
