@@ -4,7 +4,8 @@ SI units are powers of 10 (``MB`` = 10**6 bytes), IEC units powers of 2 (``MiB``
 Accepted forms: a plain number of bytes (``2000000000``, ``2e9``) or a number and a unit, with or
 without a space (``64MB``, ``64 MB``, ``64MiB``, ``1.5GB``, ``512kB``). A unit must end in an
 upper-case ``B``: ``64M`` (MB or MiB?), ``64Mb`` (megabits?) and ``64mB`` (millibytes?) are
-ambiguous and rejected, as are zero, negative, NaN, infinite and empty sizes.
+ambiguous and rejected, as are zero, negative, NaN, infinite and empty sizes, and sizes above
+:data:`MAX_SIZE` (1 EB: no memory budget is larger, and larger numbers overflow float arithmetic).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from fractions import Fraction
 
 from embadvisor.errors import InvalidConfigError
 
-__all__ = ["ACCEPTED_FORMS", "DTYPE_BYTES", "format_size", "parse_duration", "parse_size"]
+__all__ = ["ACCEPTED_FORMS", "DTYPE_BYTES", "MAX_SIZE", "format_size", "parse_duration", "parse_size"]
 
 _SI = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}
 _IEC = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
@@ -27,6 +28,9 @@ ACCEPTED_FORMS = (
     "B, kB, MB, GB, TB, PB (powers of 10) or KiB, MiB, GiB, TiB, PiB (powers of 2), "
     "e.g. 64MB, 64 MB, 64MiB, 1.5GB, 512kB"
 )
+
+#: largest accepted size: 1 EB (10**18 bytes, 1000 PB)
+MAX_SIZE = 10**18
 
 _PATTERN = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-z]*)\s*$")
 
@@ -55,7 +59,8 @@ def parse_size(text: str | int | float, *, name: str = "size") -> int:
         The size in bytes, rounded to the nearest whole byte (at least 1).
 
     Raises:
-        InvalidConfigError: for empty, zero, negative, NaN/inf, unknown or ambiguous units.
+        InvalidConfigError: for empty, zero, negative, NaN/inf, unknown or ambiguous units, and sizes
+            above :data:`MAX_SIZE`.
 
     Example:
         >>> parse_size("64MB"), parse_size("64MiB"), parse_size("1.5GB")
@@ -67,6 +72,8 @@ def parse_size(text: str | int | float, *, name: str = "size") -> int:
         if isinstance(text, int):
             if text <= 0:
                 raise _rename(_fail(text, "must be greater than zero"), name)
+            if text > MAX_SIZE:
+                raise _rename(_fail(text, _TOO_LARGE), name)
             return text
         if not math.isfinite(text):
             raise _rename(_fail(text, "not a finite number"), name)
@@ -80,16 +87,35 @@ def parse_size(text: str | int | float, *, name: str = "size") -> int:
             if any(w in low for w in ("nan", "inf")):
                 raise _rename(_fail(text, "not a finite number"), name)
             raise _rename(_fail(text, "not a number followed by a unit"), name)
-        value, unit = Fraction(match.group(1)), match.group(2)
+        number, unit = match.group(1), match.group(2)
+        if unit not in _UNITS:
+            raise _rename(_fail(text, _unit_problem(unit)), name)
+        if len(number) > 100:
+            raise _rename(_fail(text, "more than 100 characters in the number"), name)
+        # the magnitude from a float first: an exact Fraction of 1e999999999 is an integer of a
+        # billion digits (minutes of work); a float says inf or 0.0 at once
+        approx = float(number) * _UNITS[unit]
+        if number.startswith("-") or not any(c in "123456789" for c in number.lower().partition("e")[0]):
+            raise _rename(_fail(text, "must be greater than zero"), name)
+        if approx > 2 * MAX_SIZE:
+            raise _rename(_fail(text, _TOO_LARGE), name)
+        if approx < 0.25:  # also a non-zero number that underflows to 0.0
+            raise _rename(_fail(text, "less than one byte"), name)
+        value = Fraction(number)  # cheap now: at most 100 characters, the exponent within ~130
     if unit not in _UNITS:
         raise _rename(_fail(text, _unit_problem(unit)), name)
     nbytes = value * _UNITS[unit]
+    if nbytes > MAX_SIZE:
+        raise _rename(_fail(text, _TOO_LARGE), name)
     if nbytes <= 0:
         raise _rename(_fail(text, "must be greater than zero"), name)
     rounded = round(nbytes)
     if rounded < 1:
         raise _rename(_fail(text, "less than one byte"), name)
     return rounded
+
+
+_TOO_LARGE = "larger than 1 EB (10**18 bytes), the largest size accepted"
 
 
 def _unit_problem(unit: str) -> str:

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from embadvisor.errors import InvalidConfigError
-from embadvisor.units import format_size, parse_size
+from embadvisor.units import MAX_SIZE, format_size, parse_size
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_parse_rejects_with_accepted_forms(text: object, why: str) -> None:
     assert "budget must be" in msg and "Accepted forms" in msg and "\n" not in msg
 
 
-@given(st.integers(min_value=1, max_value=2**62))
+@given(st.integers(min_value=1, max_value=MAX_SIZE))
 def test_plain_integer_round_trip(n: int) -> None:
     assert parse_size(str(n)) == n
 
@@ -67,6 +67,7 @@ def test_plain_integer_round_trip(n: int) -> None:
 @given(st.integers(min_value=1, max_value=2**60), st.sampled_from(["B", "kB", "MB", "GB", "KiB", "MiB", "GiB"]))
 def test_unit_round_trip(n: int, unit: str) -> None:
     mult = {"B": 1, "kB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[unit]
+    n = min(n, MAX_SIZE // mult)
     assert parse_size(f"{n}{unit}") == n * mult
 
 
@@ -82,3 +83,25 @@ def test_format_examples() -> None:
     assert format_size(66_480_000) == "63.4 MiB"
     assert format_size(512) == "512 B"
     assert format_size(2**30) == "1.0 GiB"
+
+
+@pytest.mark.parametrize("text", ["1e400", "1e308", "1e400MB", "1e999999999", "1000001PB", "1" + "0" * 19, 10**400,
+                                  1e300])
+def test_sizes_above_one_exabyte_are_refused_at_once(text: object) -> None:
+    # 1e400 used to overflow float arithmetic downstream; 1e999999999 built an integer of a billion digits
+    with pytest.raises(InvalidConfigError, match=r"larger than 1 EB \(10\*\*18 bytes\)") as info:
+        parse_size(text, name="budget")  # type: ignore[arg-type]
+    assert "budget must be" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("text", "why"), [("1e-999999999", "less than one byte"),
+                                           ("-1e-999999999", "greater than zero"),
+                                           ("0e999999999", "greater than zero"),
+                                           ("1" * 101, "more than 100 characters")])
+def test_extreme_exponents_and_lengths_are_refused_at_once(text: str, why: str) -> None:
+    with pytest.raises(InvalidConfigError, match=why):
+        parse_size(text)
+
+
+def test_the_largest_size_is_accepted() -> None:
+    assert parse_size("1e18") == parse_size("1000PB") == parse_size(MAX_SIZE) == 10**18

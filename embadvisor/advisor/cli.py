@@ -91,6 +91,19 @@ def parse_rungs(text: str | None, batch_size: int) -> Any:
     return Schedule.from_rungs(values, batch_size)
 
 
+def check_common(*, seed: int | None = None, storage: str | None = None, output: Path | None = None) -> None:
+    """Checks several commands share, run before any data is read or any search starts: the seed's range,
+    a storage URL that keeps the study, an output path in an existing folder."""
+    from embadvisor._checks import check_output_path, check_seed
+    from embadvisor.advisor.storage_url import check_storage_url
+
+    if seed is not None:
+        check_seed(seed)
+    check_storage_url(storage)
+    if output is not None:
+        check_output_path(output)
+
+
 def emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
@@ -133,9 +146,13 @@ def profile(
     """
     from embadvisor.advisor import report
     from embadvisor.profiles import get_preset, save_profile
+    from embadvisor.profiles.schema import MAX_EMBEDDING_DIM
 
     if data is not None and preset is not None:
         raise fail("pass either DATA or --preset, not both.")
+    if dim > MAX_EMBEDDING_DIM:
+        raise fail(f"--dim must be at most {MAX_EMBEDDING_DIM}, but got --dim={dim}.")
+    check_common(output=output)  # before the data is read
     if data is None:
         prof = get_preset(preset or "criteo-kaggle")
     else:
@@ -182,6 +199,7 @@ def synth(
     from embadvisor.profiles import resolve_profile
     from embadvisor.profiles.synth import generate
 
+    check_common(seed=seed)
     result = generate(resolve_profile(profile_spec), rows=rows, output=output, fmt=fmt, seed=seed)
     if as_json:
         emit_json(result.to_dict())
@@ -278,8 +296,11 @@ def train(
     if scope not in ("serve", "train"):
         raise fail(f"--scope must be serve or train, but got {scope!r}.")
     from embadvisor.methods import get_method
+    from embadvisor.tasks.api import check_model
 
     get_method(method)
+    check_model(task, model)
+    check_common(seed=seed)
     nbytes = parse_size(budget, name="budget") if budget is not None else None
     if epochs is not None and epochs <= 0:
         raise fail(f"--epochs must be > 0, but got {epochs!r}.")
@@ -390,6 +411,19 @@ def recommend(
     if output is not None and output.suffix.lower() not in (".toml", ".json"):
         raise fail(f"--output must end in .toml or .json, but got {str(output)!r}.")
     nbytes = parse_size(budget, name="budget")
+    check_common(seed=seed, storage=storage, output=output)  # before the search, not after it
+    from embadvisor._checks import check_workers
+    from embadvisor.tasks.api import check_model
+
+    check_workers(workers)
+    check_model(task, model)
+    if query_ids is not None and queries is None:
+        raise fail("--query-ids needs --queries (the ids name the query rows): pass --queries FILE, or drop "
+                   "--query-ids.")
+    on_vectors = any(x is not None for x in (vectors, queries, qrels, doc_ids, query_ids))
+    if on_vectors and (workers > 1 or heartbeat is not None):
+        raise fail(f"{'--workers' if workers > 1 else '--heartbeat'} applies to searches that train; a --vectors "
+                   "search runs in one process: drop it.")
     limit = parse_duration(time_limit) if time_limit else None
     method_list = tuple(m.strip() for m in methods_opt.split(",") if m.strip()) if methods_opt else None
     if method_list:
@@ -397,11 +431,12 @@ def recommend(
 
         for m in method_list:
             get_method(m)
-    if vectors is not None or queries is not None or qrels is not None:  # frozen vectors: nothing is trained
+    if on_vectors:  # frozen vectors: nothing is trained
         from embadvisor.advisor import vector_search as vs
 
         if vectors is None or task != "retrieval" or data is not None or profile_spec is not None:
-            raise fail("--queries/--qrels need --vectors, and --vectors needs --task retrieval without --data/--profile.")
+            raise fail("--queries/--qrels/--doc-ids/--query-ids need --vectors, and --vectors needs --task "
+                       "retrieval without --data/--profile.")
         settings_v = vs.VectorSearchSettings(budget_bytes=nbytes, methods=method_list, trials=trials or 24,
                                              time_limit_s=limit if limit is not None else 150.0, seed=seed)
         from embadvisor.advisor.storage import open_storage
@@ -475,6 +510,7 @@ def worker(
     from embadvisor.advisor.distributed import run_worker
     from embadvisor.advisor.storage import open_storage
 
+    check_common(storage=storage)
     err = report.console_err()
 
     def on_trial(_study: Any, t: Any) -> None:
@@ -496,6 +532,9 @@ def export(
     """Export a study's recommended configuration as a self-contained config file."""
     from embadvisor.advisor.export import load_recommendation, write_config
 
+    if output.suffix.lower() not in (".toml", ".json"):
+        raise fail(f"--output must end in .toml or .json, but got {str(output)!r}.")
+    check_common(storage=storage, output=output)  # before the study is read
     write_config(load_recommendation(study, storage)["config"], output)
     from embadvisor.advisor import report
 
@@ -516,6 +555,7 @@ def history(
     from embadvisor.advisor import report
     from embadvisor.advisor.export import list_studies, study_trials
 
+    check_common(storage=storage)
     if study is None:
         rows = list_studies(storage)
         emit_json(rows) if as_json else report.print_studies(rows)
@@ -539,6 +579,7 @@ def plot(
     from embadvisor.advisor import report
     from embadvisor.advisor.plot import plot_study
 
+    check_common(storage=storage, output=output)
     path = plot_study(study, output, storage)
     report.console_err().print(f"wrote {path}")
 
@@ -585,6 +626,10 @@ def pareto(
     if budget_scope not in ("serve", "train"):
         raise fail(f"--budget-scope must be serve or train, but got {budget_scope!r}.")
     sizes = parse_budgets(budgets)
+    check_common(seed=seed, storage=storage)
+    from embadvisor.tasks.api import check_model
+
+    check_model(task, model)
     limit = parse_duration(time_limit) if time_limit else None
     method_list = tuple(m.strip() for m in methods_opt.split(",") if m.strip()) if methods_opt else None
     store = open_storage(storage)  # fail fast, before any data is prepared

@@ -176,7 +176,9 @@ class EmbeddingCollection(nn.Module):
         return self.eval()
 
     def measured_memory(self) -> int:
-        return measured_bytes(self)
+        """Bytes the tables really hold (parameters and buffers); the global layout's int64 per-field
+        offsets are layout bookkeeping and, as in the plan, not counted (see :mod:`embadvisor.methods._solver`)."""
+        return measured_bytes(self.tables)
 
 
 def build_collection(plan: Plan, *, device: torch.device | str | None = None) -> EmbeddingCollection:

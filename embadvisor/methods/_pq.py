@@ -93,8 +93,9 @@ def packed_nbytes(count: int, bits: int) -> int:
 
 
 def divisors(d: int) -> list[int]:
-    """The divisors of ``d`` in increasing order (the possible numbers of parts)."""
-    return [p for p in range(1, d + 1) if d % p == 0]
+    """The divisors of ``d`` in increasing order (the possible numbers of parts); O(sqrt d) steps."""
+    small = [p for p in range(1, math.isqrt(d) + 1) if d % p == 0]
+    return small + [d // p for p in reversed(small) if p * p != d]
 
 
 # --------------------------------------------------------------------------- packing

@@ -4,7 +4,13 @@ The plan decides without training (torchrec's planner idea). Per-field layout: a
 ratio r is bisected so that every compressible table gets about r of its full size (through the
 method's own ``from_budget``), tables the method cannot shrink stay uncompressed (as in the
 paper's benchmark), and the total fits the budget. Global layout: all fields share one table
-(ids offset per field) solved once. Methods with a workload-level rule (MDE's power law)
+(ids offset per field) solved once.
+
+What the bytes cover: the tables' own parameters and buffers, as the methods' ``memory`` states them.
+The global layout's int64 per-field offsets (8 bytes per field, the price of grouping the fields
+into one table) are layout bookkeeping, like the per-field layout's list of modules: neither the
+plan nor :meth:`EmbeddingCollection.measured_memory` counts them, so the uncompressed tables fit a
+budget of exactly their own size, and ``full``'s plan bytes equal ``full_bytes`` in either layout. Methods with a workload-level rule (MDE's power law)
 override ``plan_tables``.
 """
 
@@ -16,13 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from embadvisor.errors import InvalidConfigError
-from embadvisor.methods._base import SCOPES, MemoryEstimate, MethodConfig, TensorSpec, estimate
+from embadvisor.methods._base import SCOPES, MemoryEstimate, MethodConfig
 from embadvisor.methods._registry import get_method
 from embadvisor.methods.full import FullConfig
 from embadvisor.profiles.schema import TableSpec
 from embadvisor.units import format_size
 
-__all__ = ["Plan", "TablePlan", "merged_table", "offsets_memory", "solve"]
+__all__ = ["Plan", "TablePlan", "merged_table", "solve"]
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,7 @@ class Plan:
         feasible: whether a plan fits the budget.
         tables: per-field table plans, or a single plan over the merged table (global layout).
         field_tables: the workload's tables (field order, for offsets).
-        memory: total memory of the plan (global layout includes the int64 offsets).
+        memory: total memory of the plan's tables (the global layout's offsets are not counted).
         min_budget_bytes: the smallest budget any config of this method can meet.
         full_bytes: the uncompressed tables' bytes in the same scope.
         reason: why it is infeasible ("" when feasible).
@@ -134,8 +140,6 @@ class Plan:
                 cfg = get_method(tp["method"]).from_dict(tp["params"])
                 tps.append(TablePlan(table, cfg, cfg.memory(table, optimizer=optimizer)))
             total = sum((tp.memory for tp in tps), MemoryEstimate())
-            if data["layout"] == "global":
-                total = total + offsets_memory(len(fields))
             full = sum(FullConfig().memory(t, optimizer=optimizer).bytes_for(scope) for t in fields)
             return cls(data["name"], data["layout"], scope, int(data["budget_bytes"]), True, tuple(tps), tuple(fields),
                        total, int(data.get("min_budget_bytes", 0)), full, optimizer)
@@ -154,11 +158,6 @@ def merged_table(tables: Sequence[TableSpec]) -> TableSpec:
         )
     sizes = tuple(t.num_embeddings for t in tables)
     return TableSpec("global", sum(sizes), dims.pop(), None, sizes)
-
-
-def offsets_memory(num_fields: int) -> MemoryEstimate:
-    """The int64 per-field offsets buffer of the global layout."""
-    return estimate([TensorSpec("offsets", (num_fields,), "int64", trainable=False)])
 
 
 def _full(table: TableSpec, weight_dtype: str, optimizer: str) -> TablePlan:
@@ -220,10 +219,8 @@ def solve(
     def cost(cfg: MethodConfig, t: TableSpec) -> int:
         return cfg.memory(t, weight_dtype=weight_dtype, optimizer=optimizer).bytes_for(scope)
 
-    def plan(tps: list[TablePlan], lay: str, extra: MemoryEstimate | None, min_b: int, reason: str = "") -> Plan:
+    def plan(tps: list[TablePlan], lay: str, min_b: int, reason: str = "") -> Plan:
         total = sum((tp.memory for tp in tps), MemoryEstimate())
-        if extra is not None:
-            total = total + extra
         ok = not reason and total.bytes_for(scope) <= budget_bytes
         if not ok and not reason:
             reason = f"needs at least {format_size(min_b)}"
@@ -232,20 +229,18 @@ def solve(
 
     if layout == "global":
         merged = merged_table(tables)
-        extra = offsets_memory(len(tables))
-        room = budget_bytes - extra.bytes_for(scope)
         smallest = cls.min_config(merged, **fixed)
-        min_b = (cost(smallest, merged) if smallest is not None else math.inf) + extra.bytes_for(scope)
+        min_b = cost(smallest, merged) if smallest is not None else math.inf
         if cls.name == "full":
             cfg: MethodConfig | None = FullConfig()
         else:
-            cfg = cls.from_budget(merged, room, **kw, **fixed)
+            cfg = cls.from_budget(merged, budget_bytes, **kw, **fixed)
         if cfg is None:
             why = "" if smallest is not None else "no configuration applies to the merged table"
             min_int = int(min_b) if math.isfinite(min_b) else 0
-            return plan([], "global", extra, min_int, why or f"needs at least {format_size(min_b)}")
+            return plan([], "global", min_int, why or f"needs at least {format_size(min_b)}")
         mem = cfg.memory(merged, weight_dtype=weight_dtype, optimizer=optimizer)
-        return plan([TablePlan(merged, cfg, mem)], "global", extra, int(min_b))
+        return plan([TablePlan(merged, cfg, mem)], "global", int(min_b))
 
     if layout != "per_field":
         raise InvalidConfigError(f"`layout` must be 'per_field' or 'global', but got layout={layout!r}.")
@@ -259,12 +254,12 @@ def solve(
     if custom:
         min_b = _plan_min_budget(cls, tables, kw, fixed, full_plans, scope)
         if chosen is None:
-            return plan([], "per_field", None, min_b, f"needs at least {format_size(min_b)}")
+            return plan([], "per_field", min_b, f"needs at least {format_size(min_b)}")
         tps = [
             full_plans[i] if c is None else TablePlan(t, c, c.memory(t, weight_dtype=weight_dtype, optimizer=optimizer))
             for i, (t, c) in enumerate(zip(tables, chosen, strict=True))
         ]
-        return plan(tps, "per_field", None, min_b)
+        return plan(tps, "per_field", min_b)
 
     full_b = [tp.memory.bytes_for(scope) for tp in full_plans]
 
@@ -311,7 +306,7 @@ def solve(
 
     lo_total, lo_tps = total(0.0)
     if all(m is None for m in mins) and cls.name != "full":
-        return plan([], "per_field", None, lo_total, "no table gets smaller with this method")
+        return plan([], "per_field", lo_total, "no table gets smaller with this method")
     if lo_total > budget_bytes:
         # the smallest feasible budget: a larger budget keeps more small tables full, which costs
         # more, so iterate to the fixed point (at most one step per table)
@@ -322,11 +317,11 @@ def solve(
             if need_next <= need:
                 break
             need = need_next
-        return plan(lo_tps, "per_field", None, need)
+        return plan(lo_tps, "per_field", need)
     min_budget = lo_total
     hi_total, hi_tps = total(1.0)
     if hi_total <= budget_bytes:
-        return plan(hi_tps, "per_field", None, min_budget)
+        return plan(hi_tps, "per_field", min_budget)
     lo, hi, best = 0.0, 1.0, lo_tps
     for _ in range(40):
         mid = (lo + hi) / 2
@@ -339,7 +334,7 @@ def solve(
             hi = mid
         if hi - lo < 1e-7:
             break
-    return plan(best, "per_field", None, min_budget)
+    return plan(best, "per_field", min_budget)
 
 
 def _plan_min_budget(cls: type[MethodConfig], tables: Sequence[TableSpec], kw: dict[str, Any],

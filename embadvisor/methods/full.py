@@ -3,8 +3,10 @@
 Memory:
     n·d weights (serving and training), plus optimizer state in training. Where all fields share
     one embedding dim the tables are one global table (TorchRec's grouped tables: one gather and
-    one sparse optimizer update per step instead of one per field), which adds the int64
-    per-field offsets (8 bytes per field); otherwise one table per field.
+    one sparse optimizer update per step instead of one per field); otherwise one table per field.
+    The global table's int64 per-field offsets (8 bytes per field) are layout bookkeeping, counted
+    neither in the plan nor in the measured memory, so the full tables fit a budget of exactly
+    their own bytes in either layout.
 
 References:
     Standard embedding lookup; DLRM: Naumov et al., "Deep Learning Recommendation Model for

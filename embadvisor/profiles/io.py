@@ -10,6 +10,7 @@ from typing import Any
 
 import tomllib
 
+from embadvisor._checks import write_text
 from embadvisor.errors import DataError, InvalidConfigError
 from embadvisor.profiles.schema import WorkloadProfile
 
@@ -82,8 +83,28 @@ def save_profile(profile: WorkloadProfile, path: str | Path) -> Path:
             f"`output` must end in .toml or .json, but got output={str(path)!r}. "
             "Name the file profile.toml or profile.json."
         )
-    path.write_text(text, encoding="utf-8")
-    return path
+    return write_text(path, text)
+
+
+#: nesting levels a profile file may have (it uses five: profile, fields, field, frequency, list)
+MAX_DEPTH = 8
+
+
+def _depth(data: Any) -> int:
+    """Nesting depth of parsed JSON/TOML data, without recursion (validation and repr() recurse)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        obj, level = stack.pop()
+        if isinstance(obj, dict | list):
+            deepest = max(deepest, level)
+            if level <= MAX_DEPTH:
+                stack.extend((v, level + 1) for v in (obj.values() if isinstance(obj, dict) else obj))
+    return deepest
+
+
+def _too_deep(origin: str) -> DataError:
+    return DataError(f"{origin} nests lists or tables more than {MAX_DEPTH} levels deep (a profile has five). "
+                     "Fix the file or regenerate it with `embadvisor profile DATA -o profile.toml`.")
 
 
 def profile_from_text(text: str, *, fmt: str, origin: str = "profile") -> WorkloadProfile:
@@ -93,10 +114,14 @@ def profile_from_text(text: str, *, fmt: str, origin: str = "profile") -> Worklo
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
         raise DataError(f"{origin} is not valid {fmt.upper()}: {e}. Fix the syntax or regenerate it with "
                         "`embadvisor profile DATA -o profile.toml`.") from None
+    except RecursionError:  # e.g. [[[[...]]]] a thousand deep: the parsers recurse per level
+        raise _too_deep(origin) from None
+    if _depth(data) > MAX_DEPTH:
+        raise _too_deep(origin)
     try:
         return WorkloadProfile.from_dict(data)
     except InvalidConfigError as e:
-        raise InvalidConfigError(f"{origin}: {e}") from None
+        raise InvalidConfigError(f"{origin}: {e} Fix that value in the file.") from None
 
 
 def load_profile(path: str | Path) -> WorkloadProfile:

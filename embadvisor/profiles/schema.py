@@ -20,6 +20,8 @@ from embadvisor.errors import InvalidConfigError
 from embadvisor.units import DTYPE_BYTES
 
 __all__ = [
+    "MAX_EMBEDDING_DIM",
+    "MAX_NUM_EMBEDDINGS",
     "PROFILE_VERSION",
     "RANK_FRACTIONS",
     "TASKS",
@@ -31,6 +33,12 @@ __all__ = [
 
 PROFILE_VERSION = 1
 TASKS = ("ctr", "retrieval")
+#: largest embedding dim a profile may state (2**16): embedding widths are tens to a few thousand, and
+#: the solvers' factorisations of the dim (TT-Rec's, DPQ's parts) must stay instant
+MAX_EMBEDDING_DIM = 2**16
+#: largest table a profile may state (2**40, about 1.1e12 rows: 100x the largest published tables), so
+#: rows x dim stays within torch's int64 element counts at every dim up to MAX_EMBEDDING_DIM
+MAX_NUM_EMBEDDINGS = 2**40
 #: Rank fractions (share of distinct ids, most frequent first) at which the cumulative share of
 #: occurrences is recorded; log-spaced so both the head and the tail are visible.
 RANK_FRACTIONS: tuple[float, ...] = (
@@ -40,6 +48,12 @@ RANK_FRACTIONS: tuple[float, ...] = (
 
 def _bad(param: str, constraint: str, value: object) -> InvalidConfigError:
     return InvalidConfigError(f"`{param}` must be {constraint}, but got {param}={value!r}.")
+
+
+def _is_int(value: object, low: int, high: int | None = None) -> bool:
+    """An int (not a bool: ``true`` in a TOML/JSON file is no count) in ``[low, high]``."""
+    return (isinstance(value, int) and not isinstance(value, bool) and value >= low
+            and (high is None or value <= high))
 
 
 @dataclass(frozen=True)
@@ -69,9 +83,9 @@ class FrequencySummary:
     def __post_init__(self) -> None:
         object.__setattr__(self, "rank_fractions", tuple(float(x) for x in self.rank_fractions))
         object.__setattr__(self, "cumulative_shares", tuple(float(x) for x in self.cumulative_shares))
-        if not isinstance(self.total, int) or self.total < 0:
+        if not _is_int(self.total, 0):
             raise _bad("total", "an integer >= 0", self.total)
-        if not isinstance(self.missing, int) or self.missing < 0:
+        if not _is_int(self.missing, 0):
             raise _bad("missing", "an integer >= 0", self.missing)
         rf, cs = self.rank_fractions, self.cumulative_shares
         if len(rf) != len(cs) or not rf:
@@ -175,9 +189,9 @@ class TableSpec:
             value = getattr(self, key)
             if isinstance(value, np.integer):
                 object.__setattr__(self, key, int(value))
-        if not isinstance(self.num_embeddings, int) or self.num_embeddings < 1:
+        if not _is_int(self.num_embeddings, 1):
             raise _bad("num_embeddings", "an integer >= 1", self.num_embeddings)
-        if not isinstance(self.embedding_dim, int) or self.embedding_dim < 1:
+        if not _is_int(self.embedding_dim, 1):
             raise _bad("embedding_dim", "an integer >= 1", self.embedding_dim)
         if self.segments and sum(self.segments) != self.num_embeddings:
             raise _bad("segments", f"row counts adding up to num_embeddings={self.num_embeddings}", self.segments)
@@ -212,14 +226,17 @@ class FieldProfile:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise _bad("name", "a non-empty string", self.name)
-        if not isinstance(self.num_embeddings, int) or self.num_embeddings < 1:
-            raise _bad(f"{self.name}.num_embeddings", "an integer >= 1", self.num_embeddings)
-        if self.cardinality is not None and (not isinstance(self.cardinality, int) or self.cardinality < 0):
+        if not _is_int(self.num_embeddings, 1, MAX_NUM_EMBEDDINGS):
+            raise _bad(f"{self.name}.num_embeddings", f"an integer in [1, 2**40 = {MAX_NUM_EMBEDDINGS:,}]",
+                       self.num_embeddings)
+        if self.cardinality is not None and not _is_int(self.cardinality, 0):
             raise _bad(f"{self.name}.cardinality", "an integer >= 0", self.cardinality)
-        if not isinstance(self.pooling, int | float) or not math.isfinite(self.pooling) or self.pooling <= 0:
+        if (isinstance(self.pooling, bool) or not isinstance(self.pooling, int | float)
+                or not math.isfinite(self.pooling) or self.pooling <= 0):
             raise _bad(f"{self.name}.pooling", "a number > 0", self.pooling)
-        if self.embedding_dim is not None and (not isinstance(self.embedding_dim, int) or self.embedding_dim < 1):
-            raise _bad(f"{self.name}.embedding_dim", "an integer >= 1 or absent", self.embedding_dim)
+        if self.embedding_dim is not None and not _is_int(self.embedding_dim, 1, MAX_EMBEDDING_DIM):
+            raise _bad(f"{self.name}.embedding_dim", f"an integer in [1, {MAX_EMBEDDING_DIM}] or absent",
+                       self.embedding_dim)
 
 
 @dataclass(frozen=True)
@@ -267,14 +284,14 @@ class WorkloadProfile:
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise _bad("fields", "fields with unique names", dup)
-        if not isinstance(self.num_rows, int) or self.num_rows < 0:
+        if not _is_int(self.num_rows, 0):
             raise _bad("num_rows", "an integer >= 0", self.num_rows)
-        if self.label_rate is not None and not 0 <= self.label_rate <= 1:
+        if self.label_rate is not None and (isinstance(self.label_rate, bool) or not 0 <= self.label_rate <= 1):
             raise _bad("label_rate", "in [0, 1] or absent", self.label_rate)
-        if not isinstance(self.num_dense, int) or self.num_dense < 0:
+        if not _is_int(self.num_dense, 0):
             raise _bad("num_dense", "an integer >= 0", self.num_dense)
-        if not isinstance(self.embedding_dim, int) or self.embedding_dim < 1:
-            raise _bad("embedding_dim", "an integer >= 1", self.embedding_dim)
+        if not _is_int(self.embedding_dim, 1, MAX_EMBEDDING_DIM):
+            raise _bad("embedding_dim", f"an integer in [1, {MAX_EMBEDDING_DIM}]", self.embedding_dim)
         if self.dtype not in ("fp32", "fp16", "bf16"):
             raise _bad("dtype", "one of fp32, fp16, bf16", self.dtype)
 
@@ -334,6 +351,8 @@ class WorkloadProfile:
         kw = {k: v for k, v in data.items() if k != "fields"}
         try:
             return cls(fields=fields, **kw)
+        except InvalidConfigError:  # our own message (InvalidConfigError is a TypeError too)
+            raise
         except TypeError as e:  # wrong value types that dataclass init itself rejects
             raise InvalidConfigError(f"profile is not valid: {e}.") from None
 
@@ -358,10 +377,14 @@ def _field_from_dict(raw: Any, i: int) -> FieldProfile:
             raise _bad(f"fields[{i}].frequency keys", f"among {', '.join(sorted(fknown))}", bad)
         try:
             kw["frequency"] = FrequencySummary(**freq)
+        except InvalidConfigError as e:
+            raise InvalidConfigError(f"fields[{i}].frequency: {e}") from None
         except TypeError as e:
             raise InvalidConfigError(f"fields[{i}].frequency is not valid: {e}.") from None
     try:
         return FieldProfile(**kw)
+    except InvalidConfigError as e:
+        raise InvalidConfigError(f"fields[{i}]: {e}") from None
     except TypeError as e:
         raise InvalidConfigError(f"fields[{i}] is not valid: {e}.") from None
 

@@ -18,18 +18,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from embadvisor.errors import InfeasibleError, InvalidConfigError
+from embadvisor._checks import check_fits_memory
+from embadvisor.errors import InfeasibleError, InvalidConfigError, UnknownNameError, suggest
 from embadvisor.methods import EmbeddingCollection, Plan, build_collection, get_method, solve
 from embadvisor.methods.full import FullConfig
 from embadvisor.profiles.schema import TableSpec
-from embadvisor.tasks.ctr import CtrEngine, CtrTensors, build_ctr_model
+from embadvisor.tasks.ctr import CTR_MODELS, CtrEngine, CtrTensors, build_ctr_model
 from embadvisor.tasks.retrieval import RetrievalEngine, RetrievalTensors, TwoTower
 from embadvisor.tasks.trainer import FitResult, TrainConfig, fit, set_threads
 from embadvisor.units import format_size
 
 __all__ = ["DEFAULT_BATCH", "DEFAULT_DIM", "DEFAULT_RATIO", "MAX_EPOCHS", "TaskData", "convergence_config",
-           "default_batch_size", "TrainReport", "build_task", "over_budget_warnings", "plan_for",
-           "serve_bytes_over", "train"]
+           "default_batch_size", "TrainReport", "build_task", "check_model", "check_plan_fits_memory",
+           "over_budget_warnings", "plan_for", "serve_bytes_over", "train"]
 
 #: Compression ratio used by ``train`` when no budget is given.
 DEFAULT_RATIO = 0.25
@@ -199,6 +200,29 @@ def plan_for(
     return plan
 
 
+def check_model(task: str, model: str) -> str:
+    """``model`` if it names a CTR model (checked before any data is read or trial run; retrieval ignores it)."""
+    if task == "ctr" and model not in CTR_MODELS:
+        names = sorted(CTR_MODELS)
+        raise UnknownNameError(f"`model` must be one of {', '.join(names)}, but got model={model!r}."
+                               f"{suggest(model, names)}")
+    return model
+
+
+def check_plan_fits_memory(plan: Plan, dim: int) -> None:
+    """Refuse a plan whose tables cannot be trained in this machine's memory (before anything is allocated).
+
+    The estimate is the plan's analytic training memory (weights, buffers and optimizer state of the
+    tables); the model and the data come on top of it.
+    """
+    check_fits_memory(
+        plan.memory.train_bytes,
+        what=f"training {plan.method} on {len(plan.field_tables)} tables "
+             f"({sum(t.num_embeddings for t in plan.field_tables):,} rows) at dim {dim} with {plan.optimizer}",
+        fix="lower --dim, pass a smaller --budget with a compressing --method, or use a machine with more memory",
+    )
+
+
 def build_task(data: TaskData, emb: EmbeddingCollection, model_name: str = "dlrm",
                **engine_kw: Any) -> tuple[nn.Module, Any]:
     """The model over ``emb`` and the task engine for ``data``."""
@@ -247,6 +271,7 @@ def train(
     set_threads(config.threads)
     plan = method if isinstance(method, Plan) else plan_for(
         method, data.tables(dim), budget_bytes, scope=scope, optimizer=config.optimizer, fixed=fixed)
+    check_plan_fits_memory(plan, dim)
     torch.manual_seed(seed)
     emb = build_collection(plan)
     emb.prepare(data.counts())

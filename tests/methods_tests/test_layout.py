@@ -32,13 +32,21 @@ def test_full_is_one_global_table_whose_fields_are_initialised_like_separate_tab
     assert torch.equal(glob.lookup(2, ids[:, 2]), per.lookup(2, ids[:, 2]))
 
 
-def test_full_global_memory_counts_the_offsets_exactly() -> None:
+def test_full_global_memory_is_the_tables_bytes_and_fits_exactly_that_budget() -> None:
+    # the global layout's int64 per-field offsets are layout bookkeeping: counted neither in the plan nor
+    # in the measured memory, so the full tables fit a budget of exactly their own bytes (issue #18)
     plan = solve("full", TABLES, math.inf)
     weights = sum(FullConfig().memory(t).serve_bytes for t in TABLES)
-    assert plan.memory.serve_bytes == weights + 8 * len(TABLES) == build_collection(plan).measured_memory()
-    assert plan.full_bytes == weights
-    tight = solve("full", TABLES, weights)
-    assert not tight.feasible and tight.min_budget_bytes == weights + 8 * len(TABLES)
+    coll = build_collection(plan)
+    assert coll.layout == "global" and coll.offsets.numel() == len(TABLES)
+    assert plan.memory.serve_bytes == weights == plan.full_bytes == coll.measured_memory()
+    for scope in ("serve", "train"):
+        full_b = solve("full", TABLES, math.inf, scope=scope).full_bytes
+        tight = solve("full", TABLES, full_b, scope=scope)
+        assert tight.feasible and tight.bytes == full_b == tight.min_budget_bytes and tight.ratio == 1.0
+        assert not solve("full", TABLES, full_b - 1, scope=scope).feasible
+        per = solve("full", TABLES, full_b, scope=scope, layout="per_field")
+        assert per.feasible and per.bytes == full_b
 
 
 def test_fields_of_different_dims_fall_back_to_one_table_each() -> None:
