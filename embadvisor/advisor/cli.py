@@ -95,7 +95,7 @@ def check_common(*, seed: int | None = None, storage: str | None = None, output:
     """Checks several commands share, run before any data is read or any search starts: the seed's range,
     a storage URL that keeps the study, an output path in an existing folder."""
     from embadvisor._checks import check_output_path, check_seed
-    from embadvisor.advisor.storage_url import check_storage_url
+    from embadvisor.advisor.storage import check_storage_url
 
     if seed is not None:
         check_seed(seed)

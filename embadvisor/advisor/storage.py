@@ -1,6 +1,7 @@
 """Where studies live: storage URLs, opening them, and showing them without their password.
 
-``open_storage`` turns a URL (SQLite, PostgreSQL, MySQL) or a journal file path (``.log``) into an Optuna
+``check_storage_url`` refuses values that would lose the study (blank, in-memory SQLite);
+``open_storage`` checks and turns a URL (SQLite, PostgreSQL, MySQL) or a journal file path (``.log``) into an Optuna
 storage. ``display_url`` is the only form in which a URL is printed, stored on a study or written into an
 exported config: SQLAlchemy's rendering with the password replaced by ``***``.
 
@@ -15,12 +16,13 @@ import importlib.util
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import optuna
 
-from embadvisor.errors import EmbAdvisorError
+from embadvisor.errors import EmbAdvisorError, InvalidConfigError
 
-__all__ = ["HEARTBEAT_S", "default_storage", "display_url", "normalise_url", "open_storage"]
+__all__ = ["HEARTBEAT_S", "check_storage_url", "default_storage", "display_url", "normalise_url", "open_storage"]
 
 #: heartbeat interval of RDB storages (PostgreSQL, MySQL) in seconds; a trial whose worker sent none
 #: for 3 intervals is failed and re-run by another worker
@@ -80,6 +82,37 @@ def scrub(text: str, url: str | None) -> str:
     return text
 
 
+_FIX = ("Pass sqlite:///path/to/studies.db, a journal file path ending in .log, or a "
+        "postgresql://user:pass@host/db URL, or leave --storage out for the default "
+        "(sqlite:///~/.embadvisor/studies.db).")
+
+
+def check_storage_url(url: str | None, *, name: str = "--storage") -> str | None:
+    """``url`` unchanged if it names a storage that outlives the command, else :class:`InvalidConfigError`.
+
+    Refused: an empty or blank value (it used to fall back to the default without a word) and
+    in-memory SQLite (``sqlite://``, ``sqlite:///``, ``sqlite:///:memory:``, ``?mode=memory``), which
+    loses the study when the command ends and cannot be shared with the heartbeat thread or workers.
+    ``None`` (option not given) is fine.
+    """
+    if url is None:
+        return None
+    if not url.strip():
+        raise InvalidConfigError(f"`{name}` must be a storage URL or a journal file path, but got {name}={url!r}. "
+                                 + _FIX)
+    scheme, sep, rest = url.strip().partition("://")
+    if sep and scheme.split("+", 1)[0].lower() == "sqlite":
+        path, _, query = rest.partition("?")
+        memory = "memory" in parse_qs(query).get("mode", []) or path.lstrip("/") in ("", ":memory:")
+        if not path.startswith("/") or memory:
+            raise InvalidConfigError(
+                f"`{name}` must name an SQLite database file (sqlite:///path, three slashes), but got {name}={url!r}, "
+                "an in-memory database: the study would be lost when the command ends, with nothing to resume, "
+                "export or list. " + _FIX
+            )
+    return url
+
+
 def _installed(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
@@ -106,7 +139,8 @@ def open_storage(url: str | None, *, heartbeat_s: int | None = None) -> Any:
     Server-backed RDB storages get heartbeats and Optuna's stale-trial retry callback, so trials of
     workers that die are failed and re-run.
     """
-    url = url or default_storage()
+    url = default_storage() if url is None else check_storage_url(url, name="storage")
+    assert url is not None
     try:
         if is_journal(url):
             from optuna.storages import JournalStorage

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import tomllib
 
 from embadvisor._checks import write_text
+from embadvisor.data._text import check_file
 from embadvisor.errors import DataError, InvalidConfigError
 from embadvisor.profiles.schema import WorkloadProfile
 
@@ -127,9 +129,10 @@ def profile_from_text(text: str, *, fmt: str, origin: str = "profile") -> Worklo
 def load_profile(path: str | Path) -> WorkloadProfile:
     """Read a profile from a ``.toml`` or ``.json`` file."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise DataError(f"profile file {str(path)!r} does not exist. Pass a path to a .toml/.json profile "
                         "or a preset name (see `embadvisor profiles`).")
+    path = check_file(path, "profile")  # links, loops, devices such as /dev/null, empty files
     fmt = "json" if path.suffix.lower() == ".json" else "toml"
     try:
         text = path.read_text(encoding="utf-8")

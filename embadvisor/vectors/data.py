@@ -294,6 +294,8 @@ def load_vector_data(
                                  f"similarity={similarity!r}.")
     if qrels is not None and queries is None:
         raise InvalidConfigError("qrels need query vectors: pass --queries with --qrels.")
+    if query_ids is not None and queries is None:
+        raise InvalidConfigError("query ids need query vectors: pass --queries with --query-ids.")
     corpus, ids = load_matrix(vectors, "corpus vectors")
     if doc_ids is not None:
         ids = load_ids(doc_ids, "doc ids")

@@ -179,7 +179,7 @@ def test_storages_that_lose_the_study_are_refused(cmd: list[str], url: str) -> N
 
 
 def test_storage_url_check() -> None:
-    from embadvisor.advisor.storage_url import check_storage_url
+    from embadvisor.advisor.storage import check_storage_url
     from embadvisor.errors import InvalidConfigError
 
     for ok in (None, "sqlite:///studies.db", "sqlite:////tmp/s.db", "postgresql://u:p@h/db", "runs/s.log"):
