@@ -67,6 +67,11 @@ class Candidate:
         return statistics.fmean(self.fresh_latency) if self.fresh_latency else self.latency_ms
 
     @property
+    def serving_key(self) -> str:
+        """Candidates with equal serving keys serve the same module (the learning rate is not part of it)."""
+        return json.dumps([self.method, self.params], sort_keys=True, default=str)
+
+    @property
     def key(self) -> str:
         return json.dumps([self.method, round(self.use, 6), self.fixed, self.lr], sort_keys=True, default=str)
 
@@ -100,6 +105,10 @@ def top_candidates(study: optuna.Study, n: int) -> list[Candidate]:
     return out
 
 
+#: smallest relative difference in measured serving latency that separates two tied candidates
+LATENCY_TOLERANCE = 0.10
+
+
 def choose(cands: list[Candidate], stated_epsilon: float) -> tuple[Candidate, float, str]:
     """The pick, the noise level used, and a one-paragraph explanation."""
     spreads = []
@@ -111,8 +120,20 @@ def choose(cands: list[Candidate], stated_epsilon: float) -> tuple[Candidate, fl
     eps = max(stated_epsilon, measured)
     best = max(cands, key=lambda c: c.mean)
     tied = [c for c in cands if c.mean >= best.mean - eps]
-    tied.sort(key=lambda c: (c.serve_latency_ms, c.train_bytes, simplicity(c.method), -c.mean))
-    win = tied[0]
+    # Timing noise must not decide (nor make a re-run or a resumed study pick differently): candidates
+    # that serve the same module (same method and parameters, e.g. differing only in learning rate)
+    # share their fastest measured latency, and latencies within the tolerance of the fastest count as
+    # equal (LATENCY_TOLERANCE, or twice the largest relative spread of the re-training runs' latencies).
+    shared: dict[str, float] = {}
+    for c in tied:
+        k = c.serving_key
+        shared[k] = min(shared.get(k, math.inf), c.serve_latency_ms)
+    spreads_ms = [statistics.pstdev(c.fresh_latency) / statistics.fmean(c.fresh_latency)
+                  for c in tied if len(c.fresh_latency) >= 2 and statistics.fmean(c.fresh_latency) > 0]
+    tol = max(LATENCY_TOLERANCE, 2 * max(spreads_ms, default=0.0))
+    fastest = min(shared.values())
+    fast = [c for c in tied if shared[c.serving_key] <= fastest * (1 + tol)]
+    win = min(fast, key=lambda c: (c.train_bytes, simplicity(c.method), -c.mean, c.key))
     if len(tied) == 1:
         why = (f"{win.method} has the best validation metric after re-training with fresh seeds "
                f"({win.mean:.4f}), ahead of the next candidate by more than the noise level {eps:.4f}.")
@@ -120,6 +141,6 @@ def choose(cands: list[Candidate], stated_epsilon: float) -> tuple[Candidate, fl
         others = ", ".join(f"{c.method} {c.mean:.4f}, {c.serve_latency_ms:.1f} ms" for c in tied if c is not win)
         why = (f"{len(tied)} candidates are within the noise level {eps:.4f} of the best re-trained metric "
                f"({best.method} {best.mean:.4f}); among them {win.method} ({win.mean:.4f}, "
-               f"{win.serve_latency_ms:.1f} ms) has the lowest inference latency, then training memory, then method "
-               f"complexity (others: {others}).")
+               f"{win.serve_latency_ms:.1f} ms) has the lowest inference latency (within {tol:.0%}, the timing noise), "
+               f"then training memory, then method complexity, then metric (others: {others}).")
     return win, eps, why

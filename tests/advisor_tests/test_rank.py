@@ -34,3 +34,27 @@ def test_without_re_training_runs_the_trial_latency_ranks() -> None:
     b = _cand("robe", 0.70, [], trial_ms=15.0, fresh_ms=[])
     win, _, _ = choose([a, b], stated_epsilon=0.01)
     assert win is b and b.to_dict()["latency_ms"] == 15.0
+
+
+def test_candidates_serving_the_same_module_are_not_split_by_timing_noise() -> None:
+    # the same robe module trained at two learning rates: its latency differs only by noise (measured 4.3
+    # and 5.3 ms in one run on a loaded machine); the better metric wins whichever measured faster
+    a = Candidate(trial=0, method="robe", use=1.0, fixed={}, value=0.68, latency_ms=5.3, train_bytes=100,
+                  serve_bytes=100, params={"num_weights": 12704}, fresh=[0.6726, 0.6863], fresh_latency=[5.3, 5.3],
+                  lr=0.001)
+    b = Candidate(trial=1, method="robe", use=1.0, fixed={}, value=0.68, latency_ms=4.3, train_bytes=100,
+                  serve_bytes=100, params={"num_weights": 12704}, fresh=[0.6739, 0.6765], fresh_latency=[4.3, 4.3],
+                  lr=0.0018)
+    for order in ([a, b], [b, a]):
+        win, _, _ = choose(order, stated_epsilon=0.001)
+        assert win is a
+
+
+def test_latencies_within_the_measured_noise_do_not_decide() -> None:
+    # robe is 8% faster, but its own runs' latencies vary by 10%: not a real difference; the next criterion,
+    # training memory, decides for hash
+    hash_ = _cand("hash", 0.70, [0.729, 0.731], trial_ms=40.0, fresh_ms=[41.0, 39.0])
+    hash_.train_bytes = 90
+    robe = _cand("robe", 0.70, [0.730, 0.730], trial_ms=37.0, fresh_ms=[33.3, 40.7])
+    win, _, why = choose([robe, hash_], stated_epsilon=0.01)
+    assert win is hash_ and "timing noise" in why
