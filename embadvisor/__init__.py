@@ -19,7 +19,10 @@ __all__ = [
     "build_embedding",
     "format_size",
     "load_profile",
+    "parse_budget",
     "parse_size",
+    "recommend",
+    "train",
 ]
 
 _LAZY = {
@@ -30,6 +33,9 @@ _LAZY = {
     "build_embedding": "embadvisor.advisor.export",
     "format_size": "embadvisor.units",
     "parse_size": "embadvisor.units",
+    "parse_budget": "embadvisor.units",
+    "recommend": "embadvisor.api",
+    "train": "embadvisor.api",
 }
 
 

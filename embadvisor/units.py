@@ -6,17 +6,22 @@ without a space (``64MB``, ``64 MB``, ``64MiB``, ``1.5GB``, ``512kB``). A unit m
 upper-case ``B``: ``64M`` (MB or MiB?), ``64Mb`` (megabits?) and ``64mB`` (millibytes?) are
 ambiguous and rejected, as are zero, negative, NaN, infinite and empty sizes, and sizes above
 :data:`MAX_SIZE` (1 EB: no memory budget is larger, and larger numbers overflow float arithmetic).
+
+Budgets (:func:`parse_budget`) also take a share of the full tables, ``12.5%``: the bytes the
+uncompressed tables take in the budget's scope, times the share.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from fractions import Fraction
 
 from embadvisor.errors import InvalidConfigError
 
-__all__ = ["ACCEPTED_FORMS", "DTYPE_BYTES", "MAX_SIZE", "format_size", "parse_duration", "parse_size"]
+__all__ = ["ACCEPTED_FORMS", "DTYPE_BYTES", "MAX_SIZE", "Budget", "format_size", "parse_budget", "parse_duration",
+           "parse_size"]
 
 _SI = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}
 _IEC = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
@@ -113,6 +118,55 @@ def parse_size(text: str | int | float, *, name: str = "size") -> int:
     if rounded < 1:
         raise _rename(_fail(text, "less than one byte"), name)
     return rounded
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A memory budget: a byte size, or a share of the full tables (``12.5%``) resolved once their size is known.
+
+    Example:
+        >>> parse_budget("12.5%").resolve(64_000_000), parse_budget("8MB").resolve(64_000_000)
+        (8000000, 8000000)
+    """
+
+    nbytes: int | None = None
+    share: float | None = None
+
+    def resolve(self, full_bytes: int) -> int:
+        """Bytes: the size itself, or the share of ``full_bytes`` (the full tables in the budget's scope)."""
+        if self.nbytes is not None:
+            return self.nbytes
+        assert self.share is not None
+        return max(1, round(self.share * full_bytes))
+
+    def __str__(self) -> str:
+        return f"{self.share * 100:g}%" if self.share is not None else format_size(self.nbytes or 0)
+
+
+_SHARE = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*%\s*$")
+
+
+def parse_budget(value: str | int | float | Budget, *, name: str = "budget") -> Budget:
+    """A byte size (see :func:`parse_size`) or a share of the full tables: ``12.5%``, in (0, 100].
+
+    Example:
+        >>> parse_budget("12.5%"), parse_budget("64MB")
+        (Budget(nbytes=None, share=0.125), Budget(nbytes=64000000, share=None))
+    """
+    if isinstance(value, Budget):
+        return value
+    if isinstance(value, str) and "%" in value:
+        m = _SHARE.match(value)
+        number = float(m.group(1)) if m and len(m.group(1)) <= 100 else math.nan
+        if not (math.isfinite(number) and 0 < number <= 100):
+            raise InvalidConfigError(
+                f"`{name}` as a share of the full tables must be a percentage in (0, 100], such as 12.5%, "
+                f"but got {name}={value!r}. Pass a share such as 12.5% or a byte size such as 64MB.")
+        return Budget(share=number / 100)
+    try:
+        return Budget(nbytes=parse_size(value, name=name))
+    except InvalidConfigError as e:
+        raise InvalidConfigError(f"{e} A budget may also be a share of the full tables, such as 12.5%.") from None
 
 
 _TOO_LARGE = "larger than 1 EB (10**18 bytes), the largest size accepted"

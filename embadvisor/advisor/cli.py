@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from embadvisor.defaults import DEFAULT_LR, DEFAULT_PATIENCE, DEFAULT_THREADS
 from embadvisor.version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -78,17 +79,14 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def parse_rungs(text: str | None, batch_size: int) -> Any:
-    """``--rungs 20000,60000`` as a schedule (None = calibrate)."""
+def parse_rung_list(text: str | None) -> list[int] | None:
+    """``--rungs 20000,60000`` as sample counts (None = calibrate)."""
     if text is None:
         return None
-    from embadvisor.advisor.schedule import Schedule
-
     try:
-        values = [int(float(x)) for x in text.split(",") if x.strip()]
+        return [int(float(x)) for x in text.split(",") if x.strip()]
     except (ValueError, OverflowError):
         raise fail(f"--rungs must be comma-separated sample counts such as 20000,60000, but got {text!r}.") from None
-    return Schedule.from_rungs(values, batch_size)
 
 
 def check_common(*, seed: int | None = None, storage: str | None = None, output: Path | None = None) -> None:
@@ -215,7 +213,8 @@ def methods(
         str | None, typer.Option("--solve", metavar="PROFILE", help="Solve every method for this preset or "
                                  "profile file (needs --budget).")
     ] = None,
-    budget: Annotated[str | None, typer.Option(help="Memory budget, e.g. 64MB, 1.5GiB (with --solve).")] = None,
+    budget: Annotated[str | None, typer.Option(help="Memory budget, e.g. 64MB, 1.5GiB, or a share of the full "
+                                               "tables such as 12.5% (with --solve).")] = None,
     scope: Annotated[str, typer.Option(help="What the budget covers: serve (serving storage of the tables) "
                                        "or train (training memory incl. optimizer state).")] = "serve",
     optimizer: Annotated[str, typer.Option(help="Optimizer assumed for training memory: adam|adagrad|"
@@ -234,16 +233,19 @@ def methods(
         return
     from embadvisor.methods import solve
     from embadvisor.profiles import resolve_profile
-    from embadvisor.units import parse_size
+    from embadvisor.units import parse_budget
 
     if budget is None:
         raise fail("--solve needs --budget SIZE (e.g. --budget 64MB).")
+    parsed_budget = parse_budget(budget)
     if scope not in SCOPES:
         raise fail(f"--scope must be one of {', '.join(SCOPES)}, but got {scope!r}.")
     if optimizer not in OPTIMIZERS:
         raise fail(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, but got {optimizer!r}.")
     prof = resolve_profile(solve_profile)
-    nbytes = parse_size(budget, name="budget")
+    from embadvisor.api import resolve_budget
+
+    nbytes = resolve_budget(parsed_budget, prof.tables(), scope, optimizer)
     plans = [solve(n, prof.tables(), nbytes, scope=scope, optimizer=optimizer) for n in list_methods()]
     if as_json:
         emit_json([p.to_dict() for p in plans])
@@ -259,7 +261,7 @@ def train(
     data: Annotated[Path, typer.Option(help="Data file (or, for retrieval, a directory with train.txt and "
                                        "test.txt).")],
     method: Annotated[str, typer.Option(help="Compression method (see `embadvisor methods`).")] = "full",
-    budget: Annotated[str | None, typer.Option(help="Memory budget for the tables, e.g. 8MB (default: 25% of "
+    budget: Annotated[str | None, typer.Option(help="Memory budget for the tables, e.g. 8MB or 12.5% (default: 25% of "
                                                "the full tables; `full` ignores it).")] = None,
     scope: Annotated[str, typer.Option(help="What the budget covers: serve or train.")] = "serve",
     fmt: Annotated[str | None, typer.Option("--format", "-f", help="Data format (default: guessed).")] = None,
@@ -274,45 +276,24 @@ def train(
                                                  "earlier when validation stops improving (default cap: 100).",
                                                  min=0.0)] = None,
     patience: Annotated[int, typer.Option(help="Evaluations without improvement before stopping (0 = train "
-                                          "the whole cap).", min=0)] = 3,
+                                          "the whole cap).", min=0)] = DEFAULT_PATIENCE,
     batch_size: Annotated[int | None, typer.Option(help="Batch size (default 4096 CTR, 1024 retrieval, halved on "
                                                    "small data so an epoch has at least 64 steps).", min=1)] = None,
-    lr: Annotated[float, typer.Option(help="Learning rate.", min=0.0)] = 1e-3,
+    lr: Annotated[float, typer.Option(help="Learning rate.", min=0.0)] = DEFAULT_LR,
     optimizer: Annotated[str, typer.Option(help="adam|adagrad|sgd.")] = "adam",
     time_limit: Annotated[str | None, typer.Option(help="Stop training after this long, e.g. 90s, 5m.")] = None,
-    threads: Annotated[int, typer.Option(help="torch threads.", min=1)] = 2,
+    threads: Annotated[int, typer.Option(help="torch threads.", min=1)] = DEFAULT_THREADS,
     seed: Annotated[int, typer.Option(help="Seed for splits, initialisation and shuffling.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Train one method on one dataset and report validation and test metrics."""
     from embadvisor.advisor import report
-    from embadvisor.tasks.api import DEFAULT_DIM, convergence_config
-    from embadvisor.tasks.api import train as train_task
-    from embadvisor.tasks.datasets import load_task_data
-    from embadvisor.units import parse_duration, parse_size
+    from embadvisor.api import train as api_train
 
-    if task not in ("ctr", "retrieval"):
-        raise fail(f"--task must be ctr or retrieval, but got {task!r}.")
-    if scope not in ("serve", "train"):
-        raise fail(f"--scope must be serve or train, but got {scope!r}.")
-    from embadvisor.methods import get_method
-    from embadvisor.tasks.api import check_model
-
-    get_method(method)
-    check_model(task, model)
-    check_common(seed=seed)
-    nbytes = parse_size(budget, name="budget") if budget is not None else None
-    if epochs is not None and epochs <= 0:
-        raise fail(f"--epochs must be > 0, but got {epochs!r}.")
-    field_list = [f.strip() for f in fields.split(",") if f.strip()] if fields else None
-    td = load_task_data(task, data, fmt=fmt, label=label, fields=field_list, protocol=protocol, test_path=test,
-                        seed=seed)
-    cfg = convergence_config(
-        td, optimizer=optimizer, lr=lr, batch_size=batch_size, seed=seed, threads=threads, patience=patience,
-        max_samples=None if epochs is None else max(1, round(epochs * td.num_train)),
-        time_budget_s=parse_duration(time_limit) if time_limit else None)
-    result = train_task(td, method, budget_bytes=nbytes, scope=scope, model=model, dim=dim or DEFAULT_DIM[task],
-                        config=cfg, seed=seed)
+    result = api_train(data, task=task, method=method, budget=budget, scope=scope, fmt=fmt, label=label,
+                       fields=fields, protocol=protocol, test=test, model=model, dim=dim, epochs=epochs,
+                       patience=patience, batch_size=batch_size, lr=lr, optimizer=optimizer, time_limit=time_limit,
+                       threads=threads, seed=seed)
     for w in result.extra.get("warnings", []):
         report.console_err().print(f"[bold yellow]warning:[/] {w}")
     if as_json:
@@ -351,7 +332,8 @@ SeedOpt = Annotated[int, typer.Option(help="Seed (sampler, splits, training).")]
 @app.command()
 @user_errors
 def recommend(
-    budget: Annotated[str, typer.Option(help="Memory budget for the embedding tables, e.g. 64MB, 1.5GiB.")],
+    budget: Annotated[str, typer.Option(help="Memory budget for the embedding tables, e.g. 64MB, 1.5GiB, or a "
+                                        "share of the full tables such as 12.5%.")],
     task: TaskOpt = "ctr",
     data: DataOpt = None,
     profile_spec: Annotated[str | None, typer.Option("--profile", help="Target workload: a preset "
@@ -372,8 +354,8 @@ def recommend(
     study: Annotated[str | None, typer.Option(help="Study name (default: derived from a hash of the inputs).")]
     = None,
     batch_size: BatchSizeOpt = None,
-    lr: LrOpt = 1e-3,
-    threads: ThreadsOpt = 2,
+    lr: LrOpt = DEFAULT_LR,
+    threads: ThreadsOpt = DEFAULT_THREADS,
     seed: SeedOpt = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the chosen config (.toml or .json).")]
@@ -397,12 +379,7 @@ def recommend(
 ) -> None:
     """Search compression methods under a memory budget, rank them, and recommend one with evidence."""
     from embadvisor.advisor import report
-    from embadvisor.advisor.recommend import recommend as run_recommend
-    from embadvisor.advisor.search import SearchSettings
-    from embadvisor.advisor.workloads import load_workload
-    from embadvisor.tasks.api import default_batch_size
-    from embadvisor.tasks.trainer import TrainConfig
-    from embadvisor.units import parse_duration, parse_size
+    from embadvisor.units import parse_budget, parse_duration
 
     if task not in ("ctr", "retrieval"):
         raise fail(f"--task must be ctr or retrieval, but got {task!r}.")
@@ -410,7 +387,7 @@ def recommend(
         raise fail(f"--budget-scope must be serve or train, but got {budget_scope!r}.")
     if output is not None and output.suffix.lower() not in (".toml", ".json"):
         raise fail(f"--output must end in .toml or .json, but got {str(output)!r}.")
-    nbytes = parse_size(budget, name="budget")
+    parsed_budget = parse_budget(budget)
     check_common(seed=seed, storage=storage, output=output)  # before the search, not after it
     from embadvisor._checks import check_workers
     from embadvisor.tasks.api import check_model
@@ -437,13 +414,15 @@ def recommend(
         if vectors is None or task != "retrieval" or data is not None or profile_spec is not None:
             raise fail("--queries/--qrels/--doc-ids/--query-ids need --vectors, and --vectors needs --task "
                        "retrieval without --data/--profile.")
-        settings_v = vs.VectorSearchSettings(budget_bytes=nbytes, methods=method_list, trials=trials or 24,
-                                             time_limit_s=limit if limit is not None else 150.0, seed=seed)
         from embadvisor.advisor.storage import open_storage
 
         store_v = open_storage(storage)
         workload_v = vs.load_workload(vectors, queries=queries, qrels=qrels, doc_ids=doc_ids, query_ids=query_ids,
                                       similarity=similarity, seed=seed)
+        # a share is of the stored float32 corpus
+        settings_v = vs.VectorSearchSettings(budget_bytes=parsed_budget.resolve(workload_v.data.full_bytes),
+                                             methods=method_list, trials=trials or 24,
+                                             time_limit_s=limit if limit is not None else 150.0, seed=seed)
         report.console_err().print(f"[dim]{workload_v.description}[/]")
         with report.SearchProgress(trials or 24, limit, enabled=not as_json) as progress:
             rec = vs.recommend_vectors(workload_v, settings_v, storage=storage, study_name=study, store=store_v,
@@ -455,37 +434,18 @@ def recommend(
             report.console_err().print(f"wrote {output}")
         emit_json({k: v for k, v in rec.items() if k != "config"}) if as_json else report.print_recommendation(rec)
         return
-    from embadvisor.advisor.storage import open_storage
+    from embadvisor.api import prepare_recommend
 
-    if workers > 1:
-        from embadvisor.advisor.distributed import check_parallel_storage
-
-        check_parallel_storage(storage)
-    store = open_storage(storage, heartbeat_s=heartbeat)  # fail fast, before any data is prepared
-    target = None
-    if profile_spec is not None:
-        from embadvisor.profiles import resolve_profile
-
-        target = resolve_profile(profile_spec)
     err = report.console_err()
-    if data is None and target is None:
-        err.print(f"[dim]preparing the built-in {task} workload...[/]")
-    field_list = [f.strip() for f in fields.split(",") if f.strip()] if fields else None
-    workload = load_workload(task, data, target, fmt=fmt, label=label, fields=field_list, seed=seed)
-    bs = batch_size or default_batch_size(task, workload.data.num_train)
-    settings = SearchSettings(
-        budget_bytes=nbytes, scope=budget_scope, model=model, methods=method_list, trials=trials,
-        time_limit_s=limit, seed=seed, train=TrainConfig(batch_size=bs, lr=lr, threads=threads, seed=seed),
-        schedule=parse_rungs(rungs, bs),
-    )
-    err.print(f"[dim]{workload.description}[/]")
+    job = prepare_recommend(
+        budget, task=task, data=data, profile=profile_spec, scope=budget_scope, fmt=fmt, label=label,
+        fields=fields, model=model, methods=method_list, trials=trials, rungs=rungs, time_limit=limit,
+        storage=storage, study=study, batch_size=batch_size, lr=lr, threads=threads, seed=seed,
+        workers=workers, heartbeat=heartbeat, output=output, on_phase=lambda m: err.print(f"[dim]{m}...[/]"))
+    err.print(f"[dim]{job.workload.description}[/]")
     with report.SearchProgress(None, limit, enabled=not as_json) as progress:
-        rec = run_recommend(workload, settings, storage=storage, study_name=study, on_trial=progress.on_trial,
-                            on_phase=progress.on_phase, store=store, workers=workers, heartbeat_s=heartbeat)
+        rec = job.run(on_trial=progress.on_trial, on_phase=progress.on_phase)
     if output is not None:
-        from embadvisor.advisor.export import write_config
-
-        write_config(rec["config"], output)
         err.print(f"wrote {output}")
     if as_json:
         emit_json({k: v for k, v in rec.items() if k != "config"})
@@ -607,25 +567,23 @@ def pareto(
     study: Annotated[str | None, typer.Option(help="Study name prefix; each budget's study is PREFIX-<budget> "
                                               "(default: derived from a hash of the inputs).")] = None,
     batch_size: BatchSizeOpt = None,
-    lr: LrOpt = 1e-3,
-    threads: ThreadsOpt = 2,
+    lr: LrOpt = DEFAULT_LR,
+    threads: ThreadsOpt = DEFAULT_THREADS,
     seed: SeedOpt = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: rows and knee.")] = False,
 ) -> None:
     """Memory-quality frontier: one pruned search per budget on the same data, with the knee."""
     from embadvisor.advisor import report
-    from embadvisor.advisor.pareto import build_workload, parse_budgets, run_pareto
+    from embadvisor.advisor.pareto import build_workload, parse_budget_items, parse_budgets, run_pareto
     from embadvisor.advisor.search import SearchSettings
     from embadvisor.advisor.storage import open_storage
-    from embadvisor.tasks.api import default_batch_size
-    from embadvisor.tasks.trainer import TrainConfig
     from embadvisor.units import format_size, parse_duration
 
     if task not in ("ctr", "retrieval"):
         raise fail(f"--task must be ctr or retrieval, but got {task!r}.")
     if budget_scope not in ("serve", "train"):
         raise fail(f"--budget-scope must be serve or train, but got {budget_scope!r}.")
-    sizes = parse_budgets(budgets)
+    parse_budget_items(budgets)  # checked before any data is read
     check_common(seed=seed, storage=storage)
     from embadvisor.tasks.api import check_model
 
@@ -636,12 +594,13 @@ def pareto(
     err = report.console_err()
     workload = build_workload(task, data=data, profile_spec=profile_spec, fmt=fmt, label=label, fields=fields,
                               seed=seed, on_progress=lambda m: err.print(f"[dim]{m}[/]"))
-    bs = batch_size or default_batch_size(task, workload.data.num_train)
-    settings = SearchSettings(
-        budget_bytes=sizes[0], scope=budget_scope, model=model, methods=method_list, trials=trials,
-        time_limit_s=limit, seed=seed,
-        train=TrainConfig(batch_size=bs, lr=lr, threads=threads, seed=seed), schedule=parse_rungs(rungs, bs),
-    )
+    from embadvisor.advisor.search import full_bytes
+
+    sizes = parse_budgets(budgets, full_bytes(workload.target.tables(), budget_scope, "adam"))
+    settings = SearchSettings.for_task(
+        task, sizes[0], num_train=workload.data.num_train, batch_size=batch_size, lr=lr, threads=threads,
+        seed=seed, rungs=parse_rung_list(rungs), scope=budget_scope, model=model, methods=method_list,
+        trials=trials, time_limit_s=limit)
 
     started: list[int] = []
 

@@ -23,33 +23,52 @@ from typing import Any
 
 from embadvisor.advisor.frontier import knee, pareto_frontier
 from embadvisor.errors import InfeasibleError, InvalidConfigError
-from embadvisor.units import format_size, parse_size
+from embadvisor.units import Budget, format_size, parse_budget
 
 __all__ = ["build_workload", "parse_budgets", "run_pareto"]
 
 
-def parse_budgets(text: str) -> list[int]:
-    """Comma-separated byte sizes -> distinct budgets in bytes, ascending.
+def parse_budget_items(text: str) -> list[Budget]:
+    """Comma-separated budgets (byte sizes or shares of the full tables such as ``10%``), checked.
 
     Example:
-        >>> parse_budgets("32MB, 8MB,128MB")
-        [8000000, 32000000, 128000000]
+        >>> [str(b) for b in parse_budget_items("32MB, 10%")]
+        ['30.5 MiB', '10%']
     """
     items = [s.strip() for s in str(text).split(",")]
     if not any(items):
-        raise InvalidConfigError(f"`budgets` must be a comma-separated list of sizes such as 8MB,32MB,128MB, "
-                                 f"but got budgets={text!r}.")
-    out: list[int] = []
+        raise InvalidConfigError(f"`budgets` must be a comma-separated list of sizes such as 8MB,32MB,128MB or shares "
+                                 f"such as 50%,10%,1%, but got budgets={text!r}.")
+    out: list[Budget] = []
     for i, item in enumerate(items, 1):
         if not item:
             raise InvalidConfigError(f"`budgets` must not contain empty items, but got budgets={text!r} "
                                      f"(item {i} is empty).")
         try:
-            nbytes = parse_size(item, name="budget")
+            out.append(parse_budget(item, name="budget"))
         except InvalidConfigError as e:
-            raise InvalidConfigError(f"`budgets` item {i} of {len(items)} is not a byte size: {e}") from None
+            raise InvalidConfigError(f"`budgets` item {i} of {len(items)} is not a byte size or a share: {e}") from None
+    return out
+
+
+def parse_budgets(text: str, full_bytes: int | None = None) -> list[int]:
+    """Comma-separated budgets -> distinct budgets in bytes, ascending; shares (``10%``) are shares of
+    ``full_bytes``, the full tables' bytes in the budgets' scope.
+
+    Example:
+        >>> parse_budgets("32MB, 8MB,128MB")
+        [8000000, 32000000, 128000000]
+        >>> parse_budgets("50%,10%", full_bytes=1_000_000)
+        [100000, 500000]
+    """
+    out: list[int] = []
+    for item in parse_budget_items(text):
+        if item.share is not None and full_bytes is None:
+            raise InvalidConfigError(f"`budgets` item {str(item)!r} is a share of the full tables, and their size "
+                                     "is not known here: pass byte sizes, or give the full tables' bytes.")
+        nbytes = item.resolve(full_bytes or 0)
         if nbytes in out:
-            raise InvalidConfigError(f"`budgets` must be distinct, but {item!r} repeats an earlier budget "
+            raise InvalidConfigError(f"`budgets` must be distinct, but {str(item)!r} repeats an earlier budget "
                                      f"({format_size(nbytes)}) in budgets={text!r}.")
         out.append(nbytes)
     return sorted(out)
@@ -116,8 +135,11 @@ def run_pareto(
 
     if not budgets:
         raise InvalidConfigError("`budgets` must name at least one budget, but got budgets=[].")
+    from embadvisor.advisor.search import full_bytes
+
     store = store if store is not None else open_storage(storage)
     metric = workload.data.metric
+    full = full_bytes(workload.target.tables(), settings.scope, settings.train.optimizer)
     # analytic feasibility first (no training): all budgets infeasible is an error before any search starts
     infeasible: dict[int, tuple[str, int | None]] = {}
     last_error = ""
@@ -140,7 +162,7 @@ def run_pareto(
     for i, budget in enumerate(budgets):
         s = dataclasses.replace(settings, budget_bytes=budget)
         name = f"{study_prefix}-{format_size(budget).replace(' ', '')}" if study_prefix else None
-        row: dict[str, Any] = {"budget_bytes": budget, "feasible": False, "method": None, "params": None,
+        row: dict[str, Any] = {"budget_bytes": budget, "budget_share": budget / full, "feasible": False, "method": None, "params": None,
                                "serve_bytes": None, "train_bytes": None, "validation": None, "test": None,
                                "study": name, "trials": None, "reason": "", "min_budget_bytes": None,
                                "on_frontier": False, "knee": False}

@@ -103,10 +103,15 @@ def _short_params(params: dict[str, Any], limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def share_text(nbytes: float, full: float) -> str:
+    """``nbytes`` as a share of ``full``, e.g. ``12.5%`` (three significant digits)."""
+    return f"{100 * nbytes / full:.3g}%" if full else "-"
+
+
 def print_plans(p: WorkloadProfile, plans: list[Any], budget: int, scope: str) -> None:
-    full = p.full_table_bytes()
+    full = plans[0].full_bytes if plans else p.full_table_bytes()  # in the budget's scope
     table = Table(title=f"{p.name or 'profile'}: budget {format_size(budget)} ({scope}), "
-                  f"full tables {format_size(full)} (ratio {budget / full:.4g})")
+                  f"{share_text(budget, full)} of the full tables ({format_size(full)})")
     for col, just in [("method", "left"), ("fits", "left"), ("settings", "left"), ("serve", "right"),
                       ("train", "right"), ("% of budget", "right"), ("min budget", "right")]:
         table.add_column(col, justify=just)  # type: ignore[arg-type]
@@ -219,7 +224,8 @@ def print_recommendation(rec: dict[str, Any]) -> None:
     metric = rec["metric"]["name"]
     budget = rec["budget_bytes"]
     table = Table(title=f"ranked candidates ({rec['trials']['complete']} complete, {rec['trials']['pruned']} pruned, "
-                  f"{rec['trials']['failed']} failed trials; budget {format_size(budget)} {rec['scope']})")
+                  f"{rec['trials']['failed']} failed trials; budget {format_size(budget)} {rec['scope']}, "
+                  f"{share_text(budget, rec['full_bytes'])} of the full tables)")
     for col, just in [("#", "right"), ("method", "left"), ("key settings", "left"), ("serve", "right"),
                       ("% of budget", "right"), (f"val {metric} (search)", "right"), ("fresh seeds", "right"),
                       ("latency ms", "right")]:
@@ -234,7 +240,8 @@ def print_recommendation(rec: dict[str, Any]) -> None:
     test = rec["metric"]["test"]
     out.print(f"[bold]recommended: {rec['method']}[/] {_short_params(rec['params'], 200)}")
     out.print(f"  serving {format_size(rec['serve_bytes'])} of {format_size(budget)} budget "
-              f"(full tables {format_size(rec['full_bytes'])}), training {format_size(rec['train_bytes'])}")
+              f"({share_text(budget, rec['full_bytes'])} of the full tables, {format_size(rec['full_bytes'])}), "
+              f"training {format_size(rec['train_bytes'])}")
     ev = rec.get("evidence")
     spread = rec["metric"].get("spread")
     how = ""
@@ -289,22 +296,29 @@ def print_trials(study: str, rows: list[dict[str, Any]]) -> None:
         console().print("[dim]* stopped by its rung's sample cap (or a time limit), not by early stopping[/]")
 
 
+def _share(row: dict[str, Any]) -> str:
+    share = row.get("budget_share")
+    return f"{100 * share:.3g}%" if share is not None else "-"
+
+
 def print_pareto(result: dict[str, Any]) -> None:
     """The ``embadvisor pareto`` table: one row per budget, frontier and knee marked."""
     out = console()
     metric = result["metric"]
     table = Table(title=f"memory-quality frontier ({result['task']}, budgets on {result['scope']} bytes)")
-    for col, just, width in [("budget", "right", 9), ("method", "left", 10), ("key settings", "left", None),
+    for col, just, width in [("budget", "right", 9), ("share", "right", None), ("method", "left", 10),
+                             ("key settings", "left", None),
                              ("serve", "right", 9), ("% of budget", "right", None), (f"val {metric}", "right", None),
                              (f"test {metric}", "right", None), ("frontier", "left", 9)]:
         table.add_column(col, justify=just, min_width=width)  # type: ignore[arg-type]
     for r in result["rows"]:
         if not r["feasible"]:
-            table.add_row(format_size(r["budget_bytes"]), "[red]infeasible[/]", (r["reason"] or "")[:70], "-", "-",
+            table.add_row(format_size(r["budget_bytes"]), _share(r), "[red]infeasible[/]", (r["reason"] or "")[:70],
+                          "-", "-",
                           "-", "-", "")
             continue
         mark = "[bold green]knee[/]" if r["knee"] else ("yes" if r["on_frontier"] else "[dim]dominated[/]")
-        table.add_row(format_size(r["budget_bytes"]), r["method"], _short_params(r["params"] or {}, 40),
+        table.add_row(format_size(r["budget_bytes"]), _share(r), r["method"], _short_params(r["params"] or {}, 40),
                       format_size(r["serve_bytes"]), f"{r['serve_bytes'] / r['budget_bytes']:.0%}",
                       f"{r['validation']:.4f}", f"{r['test']:.4f}" if r["test"] is not None else "-", mark)
     out.print(table)

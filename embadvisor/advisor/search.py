@@ -25,7 +25,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ from optuna.trial import TrialState
 from embadvisor.advisor.resume import CanonicalSampler
 from embadvisor.advisor.schedule import Calibration, Schedule, promotions, rung_of
 from embadvisor.advisor.workloads import Workload
+from embadvisor.defaults import DEFAULT_LR, DEFAULT_THREADS
 from embadvisor.errors import EmbAdvisorError, InfeasibleError, InvalidConfigError
 from embadvisor.methods import Plan, get_method, list_methods, solve
 from embadvisor.tasks.api import TrainReport, convergence_config, serve_bytes_over, train
@@ -112,6 +113,23 @@ class SearchSettings:
             for m in self.methods:
                 get_method(m)
 
+    @classmethod
+    def for_task(cls, task: str, budget_bytes: int, *, num_train: int | None = None, batch_size: int | None = None,
+                 lr: float = DEFAULT_LR, threads: int | None = DEFAULT_THREADS, seed: int = 0,
+                 rungs: Sequence[int] | None = None, **overrides: Any) -> SearchSettings:
+        """The settings ``embadvisor recommend`` uses for ``task``: the task's batch size (halved on small
+        data, see :func:`embadvisor.tasks.api.default_batch_size`; ``num_train`` is the training rows or
+        interactions), the base learning rate, ``threads`` torch threads, the rungs (None = calibrated on the
+        data); ``overrides`` set any other field (``scope``, ``model``, ``methods``, ``trials``, ...)."""
+        from embadvisor.tasks.api import DEFAULT_BATCH, default_batch_size
+
+        if task not in DEFAULT_BATCH:
+            raise InvalidConfigError(f"`task` must be 'ctr' or 'retrieval', but got task={task!r}.")
+        bs = batch_size or (default_batch_size(task, num_train) if num_train is not None else DEFAULT_BATCH[task])
+        schedule = Schedule.from_rungs(list(rungs), bs) if rungs is not None else overrides.pop("schedule", None)
+        train = TrainConfig(batch_size=bs, lr=lr, threads=threads, seed=seed)
+        return cls(budget_bytes=budget_bytes, seed=seed, train=train, schedule=schedule, **overrides)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (stored on the study so workers on other machines run the same search)."""
         d = dataclasses.asdict(self)
@@ -126,6 +144,11 @@ class SearchSettings:
         d["methods"] = tuple(d["methods"]) if d.get("methods") is not None else None
         d["schedule"] = Schedule.from_dict(d["schedule"]) if d.get("schedule") else None
         return cls(**d)
+
+
+def full_bytes(tables: list[Any], scope: str, optimizer: str) -> int:
+    """Bytes of the uncompressed tables in ``scope`` (what a budget share such as ``12.5%`` is a share of)."""
+    return solve("full", tables, 2**62, scope=scope, optimizer=optimizer, layout="per_field").bytes
 
 
 def study_key(workload: Workload, settings: SearchSettings) -> dict[str, Any]:
@@ -172,10 +195,8 @@ class Search:
         self.target_tables = workload.target.tables()
         self.proxy_tables = workload.data.tables(self.dim)
         opt = settings.train.optimizer
-        self.target_full = solve("full", self.target_tables, 2**62, scope=settings.scope, optimizer=opt,
-                                 layout="per_field").bytes
-        self.proxy_full = solve("full", self.proxy_tables, 2**62, scope=settings.scope, optimizer=opt,
-                                layout="per_field").bytes
+        self.target_full = full_bytes(self.target_tables, settings.scope, opt)
+        self.proxy_full = full_bytes(self.proxy_tables, settings.scope, opt)
         self.ratio = settings.budget_bytes / self.target_full
         self.proxy_budget = self.ratio * self.proxy_full
         names = settings.methods or tuple(list_methods())

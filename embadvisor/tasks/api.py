@@ -19,6 +19,14 @@ import torch
 from torch import nn
 
 from embadvisor._checks import check_fits_memory
+from embadvisor.defaults import (
+    DEFAULT_BATCH,
+    DEFAULT_DIM,
+    DEFAULT_PATIENCE,
+    DEFAULT_RATIO,
+    MAX_EPOCHS,
+    MIN_STEPS_PER_EPOCH,
+)
 from embadvisor.errors import InfeasibleError, InvalidConfigError, UnknownNameError, suggest
 from embadvisor.methods import EmbeddingCollection, Plan, build_collection, get_method, solve
 from embadvisor.methods.full import FullConfig
@@ -31,16 +39,6 @@ from embadvisor.units import format_size
 __all__ = ["DEFAULT_BATCH", "DEFAULT_DIM", "DEFAULT_RATIO", "MAX_EPOCHS", "TaskData", "convergence_config",
            "default_batch_size", "TrainReport", "build_task", "check_model", "check_plan_fits_memory",
            "over_budget_warnings", "plan_for", "serve_bytes_over", "train"]
-
-#: Compression ratio used by ``train`` when no budget is given.
-DEFAULT_RATIO = 0.25
-#: per task: the batch size on data large enough for it (see :func:`default_batch_size`) and the embedding dim
-DEFAULT_BATCH = {"ctr": 4096, "retrieval": 1024}
-DEFAULT_DIM = {"ctr": 16, "retrieval": 64}
-#: training to convergence stops on validation; this many epochs is only the cap
-MAX_EPOCHS = 100
-#: an epoch has at least this many steps with the default batch size
-MIN_STEPS_PER_EPOCH = 64
 
 
 def default_batch_size(task: str, num_train: int) -> int:
@@ -56,7 +54,7 @@ def convergence_config(data: TaskData, **overrides: Any) -> TrainConfig:
     """Training to convergence on ``data``: early stopping on validation (patience 3 evaluations, one every
     epoch or every 256 steps, whichever comes first), capped at :data:`MAX_EPOCHS` epochs; the batch size
     from :func:`default_batch_size`. ``overrides`` replace any field."""
-    kw: dict[str, Any] = {"batch_size": default_batch_size(data.task, data.num_train), "patience": 3,
+    kw: dict[str, Any] = {"batch_size": default_batch_size(data.task, data.num_train), "patience": DEFAULT_PATIENCE,
                           "max_samples": MAX_EPOCHS * max(1, data.num_train)}
     kw.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**kw)
