@@ -56,7 +56,8 @@ def worker(method: str, ratio: float, reps: int, threads: int, layout: str | Non
     import numpy as np
     import torch
 
-    from embadvisor.methods import _native, build_collection, solve
+    from embadvisor import kernels
+    from embadvisor.methods import build_collection, solve
     from embadvisor.profiles import get_preset
 
     torch.set_num_threads(threads)
@@ -110,7 +111,7 @@ def worker(method: str, ratio: float, reps: int, threads: int, layout: str | Non
         "stage_ms": stage_ms, "train_ms": sum(stage_ms.values()) / len(stage_ms),
         "lookup_ms": statistics.median(lookups[len(batches):]) * 1000, "build_s": build_s,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "native": _native.available(), "huge_page_bytes": _huge_page_bytes(),
+        "native": kernels.available(), "huge_page_bytes": _huge_page_bytes(),
     }
     if paired and method != "full":
         del served, step_fn, emb

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from embadvisor import kernels
 from embadvisor._constraints import validate_fields
 from embadvisor.errors import InvalidConfigError
-from embadvisor.methods import _native
 from embadvisor.profiles.schema import TableSpec
 from embadvisor.units import DTYPE_BYTES
 
@@ -356,8 +356,8 @@ class CompressedEmbedding(nn.Module):
         """The serving form, with the same forward contract (default: this module in eval mode)."""
         return self.eval()
 
-    def field_kernel(self) -> _native.FieldKernel | None:
-        """This module's serving lookup in the fused kernel's terms (:class:`~embadvisor.methods._native.FieldKernel`),
+    def field_kernel(self) -> kernels.FieldKernel | None:
+        """This module's serving lookup in the fused kernel's terms (:class:`~embadvisor.kernels.FieldKernel`),
         or None (default). In the per-field layout, when every field's serving module has one, the
         collection embeds all fields in one pass of the C kernel instead of one torch lookup per field."""
         return None

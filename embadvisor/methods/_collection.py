@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from embadvisor.methods import _native
+from embadvisor import kernels
+from embadvisor.kernels.hugepages import advise_hugepages_
 from embadvisor.methods._base import CompressedEmbedding, Stage, measured_bytes
-from embadvisor.methods._hugepages import advise_hugepages_
 from embadvisor.methods._registry import get_method
 from embadvisor.methods._solver import Plan
 
@@ -27,7 +27,7 @@ __all__ = ["EmbeddingCollection", "build_collection"]
 class _FusedPlan(NamedTuple):
     """The fused serving lookup of some columns: the kernel's plan, which columns it embeds, the rest."""
 
-    plan: _native.LookupPlan
+    plan: kernels.LookupPlan
     fused: list[int]
     fused_t: torch.Tensor
     rest: list[int]
@@ -89,12 +89,12 @@ class EmbeddingCollection(nn.Module):
         return torch.stack([self.tables[f](ids[:, k]) for k, f in enumerate(cols)], dim=1)
 
     def _build_plan(self, cols: Sequence[int]) -> _FusedPlan | None:
-        kernels = [getattr(self.tables[f], "field_kernel", lambda: None)() for f in cols]
-        fused = [k for k, kern in enumerate(kernels) if kern is not None]
-        plan = _native.LookupPlan.build([kernels[k] for k in fused], self.embedding_dim) if fused else None
+        field_kernels = [getattr(self.tables[f], "field_kernel", lambda: None)() for f in cols]
+        fused = [k for k, kern in enumerate(field_kernels) if kern is not None]
+        plan = kernels.LookupPlan.build([field_kernels[k] for k in fused], self.embedding_dim) if fused else None
         if plan is None:
             return None
-        rest = [k for k in range(len(cols)) if kernels[k] is None]
+        rest = [k for k in range(len(cols)) if field_kernels[k] is None]
         return _FusedPlan(plan, fused, torch.tensor(fused, dtype=torch.int64), rest)
 
     def _fused_forward(self, ids: torch.Tensor, cols: list[int], every: bool) -> torch.Tensor | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from embadvisor.methods import _native
+from embadvisor import kernels
 
 __all__ = ["hash_ids", "make_seeds", "mixed_seeds", "split_ids"]
 
@@ -55,7 +55,7 @@ def hash_ids(ids: torch.Tensor, seeds: torch.Tensor, buckets: int) -> torch.Tens
         int64 tensor of shape ``(*S, k)`` (or ``S`` for a scalar seed).
     """
     mixed = mixed_seeds(seeds)
-    rows = _native.hash_rows(ids, mixed, buckets)
+    rows = kernels.hash_rows(ids, mixed, buckets)
     if rows is not None:
         return rows.squeeze(-1) if seeds.dim() == 0 else rows
     if seeds.dim() == 0:

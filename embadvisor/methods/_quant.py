@@ -26,10 +26,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from embadvisor import kernels
 from embadvisor._constraints import Interval, Options
-from embadvisor.methods import _native
+from embadvisor.kernels.hugepages import hugepage_empty
 from embadvisor.methods._base import CompressedEmbedding, MethodConfig, TensorSpec
-from embadvisor.methods._hugepages import hugepage_empty
 from embadvisor.methods.full import FullEmbedding, init_bound
 from embadvisor.profiles.schema import TableSpec
 
@@ -151,16 +151,16 @@ class QuantizedRows(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
-        out = _native.quant_gather(flat, self.codes, self.scale)
+        out = kernels.quant_gather(flat, self.codes, self.scale)
         if out is None:
             out = self.codes.index_select(0, flat).to(self.scale.dtype) * self.scale.index_select(0, flat).unsqueeze(1)
         return out.reshape(*ids.shape, self.embedding_dim)
 
-    def field_kernel(self) -> _native.FieldKernel | None:
-        kind = {torch.int8: _native.QUANT8, torch.int16: _native.QUANT16}.get(self.codes.dtype)
+    def field_kernel(self) -> kernels.FieldKernel | None:
+        kind = {torch.int8: kernels.QUANT8, torch.int16: kernels.QUANT16}.get(self.codes.dtype)
         if kind is None or self.scale.dtype != torch.float32:
             return None
-        return _native.FieldKernel(kind, self.codes, self.num_embeddings, aux=self.scale)
+        return kernels.FieldKernel(kind, self.codes, self.num_embeddings, aux=self.scale)
 
 
 class AffineQuantizedRows(nn.Module):

@@ -35,8 +35,8 @@ import torch
 from optuna.distributions import FloatDistribution, IntDistribution
 from torch import nn
 
+from embadvisor import kernels
 from embadvisor._constraints import Interval
-from embadvisor.methods import _native
 from embadvisor.methods._base import CompressedEmbedding, MethodConfig, MethodTags, TensorSpec, frequency_ranks
 from embadvisor.methods._registry import register_method
 from embadvisor.methods.full import init_bound
@@ -85,13 +85,13 @@ class AdaptEmbedding(CompressedEmbedding):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if not (torch.is_grad_enabled() and self.embedding.weight.requires_grad):
-            out = _native.grouped_lookup(ids.reshape(-1, 1), [self.field_kernel()], self.embedding_dim)
+            out = kernels.grouped_lookup(ids.reshape(-1, 1), [self.field_kernel()], self.embedding_dim)
             if out is not None:
                 return out.view(*ids.shape, self.embedding_dim)
         return self.embedding(self.remap[ids].long())
 
-    def field_kernel(self) -> _native.FieldKernel | None:
-        return _native.FieldKernel(_native.REMAP, self.embedding.weight, self.num_embeddings, aux=self.remap)
+    def field_kernel(self) -> kernels.FieldKernel | None:
+        return kernels.FieldKernel(kernels.REMAP, self.embedding.weight, self.num_embeddings, aux=self.remap)
 
 
 @register_method

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from embadvisor.methods import _native
+from embadvisor import kernels
 from embadvisor.methods._base import CompressedEmbedding, MethodConfig, MethodTags, TensorSpec
 from embadvisor.methods._registry import register_method
 from embadvisor.profiles.schema import TableSpec
@@ -53,10 +53,10 @@ class FullEmbedding(CompressedEmbedding):
                     start += rows
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return _native.embed(self.embedding, ids)
+        return kernels.embed(self.embedding, ids)
 
-    def field_kernel(self) -> _native.FieldKernel | None:
-        return _native.FieldKernel(_native.ROWS, self.embedding.weight, self.num_embeddings)
+    def field_kernel(self) -> kernels.FieldKernel | None:
+        return kernels.FieldKernel(kernels.ROWS, self.embedding.weight, self.num_embeddings)
 
 
 

@@ -21,8 +21,8 @@ import torch
 from optuna.distributions import IntDistribution
 from torch import nn
 
+from embadvisor import kernels
 from embadvisor._constraints import Interval
-from embadvisor.methods import _native
 from embadvisor.methods._base import CompressedEmbedding, MethodConfig, MethodTags, TensorSpec
 from embadvisor.methods._hashing import hash_ids, make_seeds
 from embadvisor.methods._registry import register_method
@@ -48,7 +48,7 @@ class HashEmbedding(CompressedEmbedding):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if not (torch.is_grad_enabled() and self.embedding.weight.requires_grad):  # serving: one fused pass
-            out = _native.hash_gather(ids, self.seeds.reshape(-1), self.embedding.weight)
+            out = kernels.hash_gather(ids, self.seeds.reshape(-1), self.embedding.weight)
             if out is not None:
                 return out
         rows = hash_ids(ids, self.seeds, self.embedding.num_embeddings)  # [*S, k]

@@ -30,9 +30,9 @@ import torch
 from optuna.distributions import IntDistribution
 from torch import nn
 
+from embadvisor import kernels
 from embadvisor._constraints import Interval, Options
 from embadvisor.errors import InvalidConfigError
-from embadvisor.methods import _native
 from embadvisor.methods._base import CompressedEmbedding, MethodConfig, MethodTags, TensorSpec
 from embadvisor.methods._registry import register_method
 from embadvisor.methods.full import init_bound
@@ -61,13 +61,13 @@ class MdeEmbedding(CompressedEmbedding):
                 nn.init.xavier_uniform_(self.projection.weight)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        out = _native.embed(self.embedding, ids)
+        out = kernels.embed(self.embedding, ids)
         return self.projection(out) if self.projection is not None else out
 
-    def field_kernel(self) -> _native.FieldKernel | None:
+    def field_kernel(self) -> kernels.FieldKernel | None:
         if self.projection is None:
-            return _native.FieldKernel(_native.ROWS, self.embedding.weight, self.num_embeddings)
-        return _native.FieldKernel(_native.PROJECTED, self.embedding.weight, self.num_embeddings,
+            return kernels.FieldKernel(kernels.ROWS, self.embedding.weight, self.num_embeddings)
+        return kernels.FieldKernel(kernels.PROJECTED, self.embedding.weight, self.num_embeddings,
                                    aux=self.projection.weight)
 
 

@@ -35,8 +35,8 @@ import torch
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from torch import nn
 
+from embadvisor import kernels
 from embadvisor._constraints import Interval, Options
-from embadvisor.methods import _native
 from embadvisor.methods._base import CompressedEmbedding, MethodConfig, MethodTags, TensorSpec
 from embadvisor.methods._hashing import split_ids
 from embadvisor.methods._registry import register_method
@@ -83,11 +83,11 @@ class QREmbedding(CompressedEmbedding):
             out = torch.cat([eq, er], dim=-1)
         return out.view(*ids.shape, self.embedding_dim)
 
-    def field_kernel(self) -> _native.FieldKernel | None:
-        kind = {"mult": _native.QR_MULT, "add": _native.QR_ADD}.get(self.operation)
+    def field_kernel(self) -> kernels.FieldKernel | None:
+        kind = {"mult": kernels.QR_MULT, "add": kernels.QR_ADD}.get(self.operation)
         if kind is None:  # concat: quotient and remainder rows are half rows each
             return None
-        return _native.FieldKernel(kind, self.quotient.weight, self.num_embeddings, aux=self.remainder.weight,
+        return kernels.FieldKernel(kind, self.quotient.weight, self.num_embeddings, aux=self.remainder.weight,
                                    k=self.num_collisions)
 
     @staticmethod
@@ -96,7 +96,7 @@ class QREmbedding(CompressedEmbedding):
         per distinct row instead of one per lookup (the sparse optimizer's coalesce is the cost).
         Without autograd (serving, evaluation) the sort would buy nothing: a plain gather."""
         if not (torch.is_grad_enabled() and table.weight.requires_grad):
-            return _native.embedding(idx, table.weight)
+            return kernels.embedding(idx, table.weight)
         uniq, inv = torch.unique(idx, return_inverse=True)
         return table(uniq).index_select(0, inv)
 

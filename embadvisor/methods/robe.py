@@ -43,8 +43,8 @@ import torch
 from optuna.distributions import IntDistribution
 from torch import nn
 
+from embadvisor import kernels
 from embadvisor._constraints import Interval
-from embadvisor.methods import _native
 from embadvisor.methods._base import CompressedEmbedding, MethodConfig, MethodTags, TensorSpec
 from embadvisor.methods._hashing import hash_ids, make_seeds, split_ids
 from embadvisor.methods._registry import register_method
@@ -156,7 +156,7 @@ class ROBEEmbedding(CompressedEmbedding):
         flat = ids.reshape(-1)
         serving = not (torch.is_grad_enabled() and self.array.weight.requires_grad)
         if serving:  # one fused pass (hash, block, signs) where the C kernels are available
-            out = _native.robe_gather(flat, self.seeds, self.array.weight, self.embedding_dim)
+            out = kernels.robe_gather(flat, self.seeds, self.array.weight, self.embedding_dim)
             if out is not None:
                 return out.view(*ids.shape, self.embedding_dim)
         uniq, inv = torch.unique(flat, return_inverse=True)  # skewed ids: several times fewer blocks to read

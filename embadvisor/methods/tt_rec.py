@@ -30,7 +30,7 @@ with its ``G3`` slice. Cost: ``d1·d2·r^2`` multiply-adds per distinct pair plu
 distinct id. (The dense core gradients, up to the cores' size, are not counted in the training
 memory, as for every method's gradients.)
 
-Serving (no autograd): one C pass (``_native.tt_lookup``; in the per-field layout a field of the one-call
+Serving (no autograd): one C pass (``kernels.tt_lookup``; in the per-field layout a field of the one-call
 lookup of all fields): cached ids copy their row, every other distinct id is computed once, grouped by
 ``i2`` so that each ``G2`` slice is read about once, with register-tiled products; the same values as
 the torch path above (tested).
@@ -69,8 +69,8 @@ import torch
 from optuna.distributions import IntDistribution
 from torch import nn
 
+from embadvisor import kernels
 from embadvisor._constraints import Interval
-from embadvisor.methods import _native
 from embadvisor.methods._base import (
     CompressedEmbedding,
     MethodConfig,
@@ -190,7 +190,7 @@ class TTRecEmbedding(CompressedEmbedding):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if not (torch.is_grad_enabled() and self.core2.requires_grad):  # serving, evaluation: the C kernel
-            fast = _native.tt_lookup(ids, self.field_kernel())
+            fast = kernels.tt_lookup(ids, self.field_kernel())
             if fast is not None:
                 return fast
         if not self.num_cached:
@@ -211,8 +211,8 @@ class TTRecEmbedding(CompressedEmbedding):
         out = out.index_copy(0, miss_at, self._tt(flat.index_select(0, miss_at)))
         return out.view(*ids.shape, self.embedding_dim)
 
-    def field_kernel(self) -> _native.FieldKernel:
-        return _native.tt_params((self.core1, self.core2, self.core3), self.row_factors, self.dim_factors, self.rank,
+    def field_kernel(self) -> kernels.FieldKernel:
+        return kernels.tt_params((self.core1, self.core2, self.core3), self.row_factors, self.dim_factors, self.rank,
                                  self.cache.weight if self.num_cached else None,
                                  self.cache_ids if self.num_cached else None, self.num_embeddings)
 

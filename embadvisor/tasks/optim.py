@@ -5,7 +5,7 @@ rows after coalescing it: two gathers from the moments, three scatters back into
 parameter, and elementwise passes over temporaries. For embedding tables those rows are random rows of
 tables of gigabytes, so the step's time goes to memory traffic. :class:`FusedSparseAdam` coalesces the
 gradient with torch as before, then reads and writes each row of the parameter and its two moments
-once (``embadvisor.methods._native.sparse_adam``), with the same float32 operations in the same order.
+once (``embadvisor.kernels.sparse_adam``), with the same float32 operations in the same order.
 Anything the kernel does not take (float64 tables, no compiler, ``EMBADVISOR_NATIVE=0``) runs torch's
 own update.
 """
@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch.optim import _functional as F  # noqa: N812 - torch's own name for it
 
-from embadvisor.methods import _native
+from embadvisor import kernels
 
 __all__ = ["FusedSparseAdam"]
 
@@ -61,7 +61,7 @@ class FusedSparseAdam(torch.optim.SparseAdam):
                     continue
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
                 step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-                if _native.sparse_adam(p, grad._indices()[0], values, exp_avg, exp_avg_sq, beta1, beta2, eps,
+                if kernels.sparse_adam(p, grad._indices()[0], values, exp_avg, exp_avg_sq, beta1, beta2, eps,
                                        step_size):
                     for t in (p, exp_avg, exp_avg_sq):  # written through raw pointers: tell autograd
                         torch.autograd.graph.increment_version(t)

@@ -22,8 +22,8 @@ from torch import nn
 
 from embadvisor._constraints import Interval, Options, validate_fields
 from embadvisor.errors import EmbAdvisorError
+from embadvisor.kernels.hugepages import hugepage_empty
 from embadvisor.methods import EmbeddingCollection, Stage
-from embadvisor.methods._hugepages import hugepage_empty
 from embadvisor.tasks.optim import FusedSparseAdam
 
 __all__ = ["FitResult", "TrainConfig", "TrainingDiverged", "TaskEngine", "curve_rise", "default_eval_every", "fit",
@@ -222,7 +222,7 @@ def prefault_sparse_state(opt: torch.optim.Optimizer) -> None:
     touch of each page then happens inside training steps, one random row at a time, which on
     this machine (a VM) made full-size Criteo steps 5-10x slower and very noisy for minutes.
     Writing the state once up front (a sequential memset) costs about a second per GB. Large
-    moments go on huge pages, like the tables they follow (see ``embadvisor.methods._hugepages``).
+    moments go on huge pages, like the tables they follow (see ``embadvisor.kernels.hugepages``).
     """
     if not isinstance(opt, torch.optim.SparseAdam):
         return

@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from embadvisor.methods import _native
+from embadvisor.kernels import native
 
 _PLANTED_C = r"""
 #include <stdio.h>
@@ -36,7 +36,7 @@ long ea_abi_version(void) { return %d; }
 
 
 def _need_compiler() -> str:
-    cc = _native._compiler()
+    cc = native._compiler()
     if cc is None:
         msg = "no C compiler: the native kernels are never built here"
         if os.environ.get("CI", "").strip().lower() == "true":
@@ -51,7 +51,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cc = _need_compiler()
     folder = tmp_path_factory.mktemp("planted")
     src, lib = folder / "planted.c", folder / "planted.so"
-    src.write_text(_PLANTED_C % _native._ABI)
+    src.write_text(_PLANTED_C % native._ABI)
     res = subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src)], capture_output=True, text=True)
     if res.returncode != 0:
         pytest.skip(f"cannot build the planted library: {res.stderr.strip()}")
@@ -71,18 +71,18 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("EMBADVISOR_NATIVE_CACHE", str(folder))
     monkeypatch.setenv("EA_PLANTED_MARKER", str(tmp_path / "MARKER"))
     monkeypatch.delenv("EMBADVISOR_NATIVE", raising=False)
-    monkeypatch.setattr(_native, "_lib", None)  # restored after the test: later tests keep the process's library
-    monkeypatch.setattr(_native, "_tried", False)
+    monkeypatch.setattr(native, "_lib", None)  # restored after the test: later tests keep the process's library
+    monkeypatch.setattr(native, "_tried", False)
     return folder
 
 
 def _predictable_name() -> str:
     """The cached library's name (source, compiler version, platform, CPU), computed as the module computes it."""
-    cc = _native._compiler()
+    cc = native._compiler()
     assert cc is not None
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256(_native._SOURCE.read_bytes() + version.encode() + sys.platform.encode()
-                         + _native._cpu_id().encode()).hexdigest()[:16]
+    key = hashlib.sha256(native._SOURCE.read_bytes() + version.encode() + sys.platform.encode()
+                         + native._cpu_id().encode()).hexdigest()[:16]
     return f"embadvisor_native_{key}.so"
 
 
@@ -96,20 +96,20 @@ def _load(monkeypatch: pytest.MonkeyPatch) -> tuple[bool, list[str], int]:
             builds.append(args)
         return run(args, *a, **kw)
 
-    monkeypatch.setattr(_native, "_lib", None)
-    monkeypatch.setattr(_native, "_tried", False)
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_tried", False)
     with monkeypatch.context() as m, warnings.catch_warnings(record=True) as caught:
-        m.setattr(_native.subprocess, "run", counting)
+        m.setattr(native.subprocess, "run", counting)
         warnings.simplefilter("always")
-        ok = _native.available()
+        ok = native.available()
     return ok, [str(w.message) for w in caught], len(builds)
 
 
 def _kernels_work() -> None:
-    assert _native._lib is not None
+    assert native._lib is not None
     table, idx = torch.randn(50, 8), torch.randint(0, 50, (7, 3))
     with torch.no_grad():
-        assert torch.equal(_native.embedding(idx, table), F.embedding(idx, table))
+        assert torch.equal(native.embedding(idx, table), F.embedding(idx, table))
 
 
 def _sha(path: Path) -> str:
@@ -207,7 +207,7 @@ def test_a_cache_folder_owned_by_another_user_is_refused(cache: Path, monkeypatc
     if os.geteuid() == 0:
         os.chown(cache, 65534, 65534)  # nobody
     else:  # without root, pretend to be someone else: then the folder (or one above it) is another user's
-        monkeypatch.setattr(_native, "_my_uid", lambda: os.geteuid() + 1)
+        monkeypatch.setattr(native, "_my_uid", lambda: os.geteuid() + 1)
     ok, warned, _ = _load(monkeypatch)
     assert len(warned) == 1 and "owned by uid" in warned[0] and "EMBADVISOR_NATIVE_CACHE" in warned[0]
     assert list(cache.iterdir()) == []
@@ -291,11 +291,11 @@ def test_concurrent_builders_compile_once(cache: Path, monkeypatch: pytest.Monke
 
     def worker() -> None:
         try:
-            libs.append(_native._build())
+            libs.append(native._build())
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
-    monkeypatch.setattr(_native.subprocess, "run", counting)
+    monkeypatch.setattr(native.subprocess, "run", counting)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         threads = [threading.Thread(target=worker) for _ in range(3)]
@@ -316,5 +316,5 @@ def test_a_refusal_warns_once_per_process(cache: Path, monkeypatch: pytest.Monke
     assert ok and len(warned) == 1
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert _native.available()
+        assert native.available()
     assert caught == []

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from embadvisor.methods import _native, build_collection, list_methods, solve
+from embadvisor import kernels
+from embadvisor.kernels.hugepages import advise_hugepages_
+from embadvisor.methods import build_collection, list_methods, solve
 from embadvisor.methods._hashing import hash_ids, make_seeds
-from embadvisor.methods._hugepages import advise_hugepages_
 from embadvisor.methods.qr import QREmbedding
 from embadvisor.methods.robe import ROBEConfig
 from embadvisor.profiles.schema import TableSpec
@@ -44,7 +45,7 @@ def _ids(n: int = 5000) -> torch.Tensor:
 
 @pytest.mark.skipif(not HAVE_CC, reason="no C compiler: the torch path is the only path")
 def test_fused_kernels_build_where_a_compiler_exists() -> None:
-    assert _native.available()
+    assert kernels.available()
 
 
 @pytest.mark.parametrize("buckets", [1, 7, 1000, 2**31 - 1, 2**62])
@@ -54,7 +55,7 @@ def test_native_hash_ids_equal_the_torch_reference(buckets: int, k: int) -> None
     seeds = seeds[0] if k == 0 else seeds
     ids = _ids().view(-1, 2)  # any leading shape
     fast = hash_ids(ids, seeds, buckets)
-    with _native.disabled():
+    with kernels.disabled():
         ref = hash_ids(ids, seeds, buckets)
     assert fast.shape == ref.shape == ids.shape + (() if k == 0 else (k,))
     assert torch.equal(fast, ref)
@@ -69,16 +70,16 @@ def test_robe_serving_with_native_signs_equals_the_reference(d: int, num_weights
     ids = _ids(400).view(-1, 2)
     with torch.no_grad():
         fast = mod(ids)
-        with _native.disabled():
+        with kernels.disabled():
             ref = mod(ids)
     train = mod(ids)  # the training path (autograd) is the definition
     assert torch.equal(fast, ref) and torch.equal(fast, train.detach())
 
 
 def test_disabled_by_environment_and_a_broken_compiler_falls_back_with_a_warning(tmp_path: os.PathLike) -> None:
-    code = ("import warnings, torch\nwarnings.simplefilter('always')\nfrom embadvisor.methods import _native\n"
+    code = ("import warnings, torch\nwarnings.simplefilter('always')\nfrom embadvisor import kernels\n"
             "from embadvisor.methods._hashing import hash_ids\n"
-            "print(_native.available(), int(hash_ids(torch.arange(5), torch.tensor(3), 7).sum()))")
+            "print(kernels.available(), int(hash_ids(torch.arange(5), torch.tensor(3), 7).sum()))")
     base = {**os.environ, "EMBADVISOR_NATIVE_CACHE": str(tmp_path)}
     runs = {
         "off": {**base, "EMBADVISOR_NATIVE": "0"},
@@ -96,7 +97,7 @@ def test_disabled_by_environment_and_a_broken_compiler_falls_back_with_a_warning
     assert outs["off"][0][0] == "False" and "unavailable" not in outs["off"][1]
     assert outs["broken"][0][0] == "False" and "fused C kernels unavailable" in outs["broken"][1]
     assert outs["off"][0][1] == outs["broken"][0][1]  # same hashes either way
-    with torch.no_grad(), _native.disabled():
+    with torch.no_grad(), kernels.disabled():
         assert int(outs["off"][0][1]) == int(hash_ids(torch.arange(5), torch.tensor(3), 7).sum())
 
 
@@ -142,7 +143,7 @@ def test_collection_serving_gives_the_reference_values(method: str) -> None:
     ids = torch.stack([torch.randint(0, t.num_embeddings, (64,)) for t in TABLES], 1)
     with torch.no_grad():
         out, sub, multi = served(ids), served(ids[:, [3, 1]], fields=[3, 1]), served.lookup(2, ids[:, 2].view(8, 8))
-        with _native.disabled():
+        with kernels.disabled():
             ref = torch.stack([m(ids[:, f]) for f, m in enumerate(served.tables)], 1)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(sub, ref[:, [3, 1]], rtol=1e-5, atol=1e-6)
@@ -152,11 +153,11 @@ def test_collection_serving_gives_the_reference_values(method: str) -> None:
 @pytest.mark.parametrize("method", ["full", "qr", "mde", "adapt", "int8", "int16", "alpt", "tt_rec"])
 def test_per_field_serving_uses_one_kernel_pass_where_every_field_has_one(method: str) -> None:
     _, served = _per_field_pair(method)
-    kernels = [m.field_kernel() for m in served.tables]
-    assert all(k is not None and k.usable() for k in kernels), method
+    fields = [m.field_kernel() for m in served.tables]
+    assert all(k is not None and k.usable() for k in fields), method
     ids = torch.stack([torch.randint(0, t.num_embeddings, (32,)) for t in TABLES], 1)
     with torch.no_grad():
-        assert _native.grouped_lookup(ids, kernels, 8) is not None
+        assert kernels.grouped_lookup(ids, fields, 8) is not None
         bad = ids.clone()
         bad[0, 2] = TABLES[2].num_embeddings  # one past the field's last id
         with pytest.raises(IndexError, match="out of range"):
@@ -171,7 +172,7 @@ def test_qr_concat_has_no_kernel_and_serves_through_torch() -> None:
     ids = torch.stack([torch.randint(0, t.num_embeddings, (16,)) for t in TABLES], 1)
     with torch.no_grad():
         out = served(ids)
-        with _native.disabled():
+        with kernels.disabled():
             assert torch.equal(out, served(ids))
 
 
@@ -189,7 +190,7 @@ def test_quantized_rows_pack_codes_and_scale_in_one_row_with_the_same_bytes(dtyp
     ids = torch.randint(0, 300, (7, 5), generator=g)
     with torch.no_grad():
         fast = rows(ids)
-        with _native.disabled():
+        with kernels.disabled():
             ref = rows(ids)
     assert torch.equal(fast, ref) and torch.equal(ref, codes[ids].float() * scale[ids].unsqueeze(-1))
     again = QuantizedRows(torch.zeros_like(codes), torch.zeros_like(scale))
@@ -221,7 +222,7 @@ def test_large_batches_on_two_threads_give_the_reference_values(method: str, lay
     ids = torch.stack([torch.randint(0, t.num_embeddings, (5003,), generator=g) for t in tables], 1)
     with _threads(2), torch.no_grad():
         out = served(ids)
-        with _native.disabled():
+        with kernels.disabled():
             ref = served(ids)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
 
@@ -236,7 +237,7 @@ def test_hash_serving_sums_k_hashed_rows_as_the_reference(k: int, d: int) -> Non
     ids = _ids(20000).view(-1, 2)  # above the one-thread limit: two threads, each its own share
     with _threads(2), torch.no_grad():
         fast = mod(ids)
-        with _native.disabled():
+        with kernels.disabled():
             ref = mod(ids)
     torch.testing.assert_close(fast, ref, rtol=1e-6, atol=1e-7)
 
@@ -261,9 +262,9 @@ def test_tt_serving_kernel_equals_the_torch_path(rank: int, d: int, cached: str)
         ids[200:300, 0] = mod.cache_ids.long().repeat(2)  # cache hits found by binary search
     with torch.no_grad():
         fast = mod(ids)
-        with _native.disabled():
+        with kernels.disabled():
             ref = mod(ids)
-        assert _native.tt_lookup(ids, mod.field_kernel()) is not None  # the kernel ran
+        assert kernels.tt_lookup(ids, mod.field_kernel()) is not None  # the kernel ran
         with pytest.raises(IndexError, match="out of range"):
             mod(torch.tensor([0, n]))
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-6)

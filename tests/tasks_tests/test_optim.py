@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from embadvisor.methods import _native
+from embadvisor import kernels
 from embadvisor.tasks.optim import FusedSparseAdam
 
-needs_kernels = pytest.mark.skipif(not _native.available(), reason="the C kernels are not built here")
+needs_kernels = pytest.mark.skipif(not kernels.available(), reason="the C kernels are not built here")
 
 
 def _train_both(shape: tuple[int, int], ids_per_step: int, steps: int, dtype: torch.dtype = torch.float32,
@@ -69,7 +69,7 @@ def test_fused_sparse_adam_falls_back_where_the_kernel_cannot_run() -> None:
     # float64 tables and EMBADVISOR_NATIVE-style switches go through torch's update: still the same values
     ref, fused, ref_opt, fused_opt = _train_both((200, 8), 500, steps=3, dtype=torch.float64, lr=0.01)
     _assert_same(ref, fused, ref_opt, fused_opt)
-    with _native.disabled():
+    with kernels.disabled():
         ref, fused, ref_opt, fused_opt = _train_both((200, 8), 500, steps=3, lr=0.01)
     _assert_same(ref, fused, ref_opt, fused_opt)
 

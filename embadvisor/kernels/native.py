@@ -1,6 +1,6 @@
 """Fused CPU kernels for lookups without autograd (and SparseAdam's update), built once with the system C compiler.
 
-``_native.c`` holds: seeded hash row indices (:func:`hash_rows`, behind ``hash_ids``), the hashing
+``_native.c`` (shipped in the wheel as package data, beside this module) holds: seeded hash row indices (:func:`hash_rows`, behind ``hash_ids``), the hashing
 trick's and ROBE's whole serving lookups (:func:`hash_gather`, :func:`robe_gather`), a prefetching
 row gather (:func:`embedding`) and one grouped lookup (:class:`LookupPlan`) that embeds every field
 of a per-field plan in one pass from per-field descriptors (:class:`FieldKernel`: rows, remapped
@@ -38,6 +38,25 @@ never load a half-written or mismatched pair.
 
 Everything has a torch fallback: without a C compiler, on other devices or dtypes, or with
 ``EMBADVISOR_NATIVE=0``, the callers use the torch reference. :func:`available` says which.
+
+Why the C source is compiled at first use rather than built as an extension at install time:
+
+- The wheel stays one pure-Python wheel (``py3-none-any``) that installs without a compiler, on any
+  platform, Python version and torch version the dependencies allow; where no compiler exists the
+  torch paths run (with a warning). An install-time extension would need a compiler at install time,
+  or a binary wheel per platform and Python version.
+- The kernels are compiled with ``-march=native`` for the CPU that runs them (the 16-lane row
+  arithmetic needs the vector units of that CPU). A binary built once, at install time or on a build
+  farm, would target the CPU of that machine or a portable baseline, and a virtual environment shared
+  by several machines would run one machine's build everywhere; the cache key names the CPU instead,
+  so every machine gets its own build.
+- The library links the OpenMP runtime by name and resolves it, when loaded, to the one that torch has
+  already loaded, and it uses no Python or torch headers, so nothing ties it to the Python or torch
+  version it was built beside.
+
+The price is about a second of compilation per user and machine on first use, and the cache checks
+above. The wheel must therefore ship ``_native.c`` (package data in ``pyproject.toml``); CI's wheel
+step (``.ci/wheel``) installs the built wheel outside the repository and fails if the kernels fall back.
 """
 
 from __future__ import annotations
@@ -62,9 +81,9 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "PROJECTED", "QR_ADD", "QR_MULT", "QUANT8", "QUANT16", "REMAP", "ROWS", "FieldKernel", "LookupPlan",
+    "PROJECTED", "QR_ADD", "QR_MULT", "QUANT8", "QUANT16", "REMAP", "ROWS", "TT", "FieldKernel", "LookupPlan",
     "available", "disabled", "embed", "embedding", "grouped_lookup", "hash_gather", "hash_rows", "quant_gather", "robe_gather",
-    "sparse_adam",
+    "sparse_adam", "tt_lookup", "tt_params",
 ]
 
 _SOURCE = Path(__file__).with_name("_native.c")
@@ -560,7 +579,8 @@ def tt_lookup(ids: torch.Tensor, kernel: FieldKernel) -> torch.Tensor | None:
     return out
 
 
-# field kinds of grouped_lookup (see _native.c)
+# field kinds of grouped_lookup: the same numbers as the C enum K_* (see _native.c); to add one, see
+# "Adding a kernel kind" in the embadvisor.kernels docstring
 ROWS, REMAP, QR_MULT, QR_ADD, PROJECTED, QUANT8, QUANT16, TT = range(8)
 _DTYPES = {ROWS: torch.float32, REMAP: torch.float32, QR_MULT: torch.float32, QR_ADD: torch.float32,
            PROJECTED: torch.float32, QUANT8: torch.int8, QUANT16: torch.int16, TT: torch.float32}

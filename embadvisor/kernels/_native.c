@@ -1,4 +1,4 @@
-/* Fused CPU kernels for lookups without autograd (embadvisor.methods._native).
+/* Fused CPU kernels for lookups without autograd (embadvisor.kernels.native).
  *
  * Each kernel does in one pass over the ids what the torch code does in several, with the same values
  * (the tests compare them): seeded hash rows, the hashing trick's and ROBE's serving lookups, a
@@ -12,7 +12,7 @@
  * Parallel with OpenMP, built against the libgomp that torch has already loaded (same soname), so
  * the kernels run on torch's own worker threads: threads of our own competing with torch's spinning
  * workers ran ten times slower on 2 cores. Without OpenMP the pragmas are ignored (one thread).
- * Built at first use by _native.py with the system C compiler; no Python or torch headers.
+ * Built at first use by native.py with the system C compiler; no Python or torch headers.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -405,6 +405,10 @@ int64_t ea_hash_gather(const int64_t *restrict ids, int64_t n, const int64_t *re
  * left alone: their fields are embedded elsewhere).
  * Ids outside [0, n) are counted and their rows left unwritten; returns that count (-1: too many fields
  * or no memory). */
+/* The field kinds, numbered as native.py's ROWS..TT. A new kind is one entry here and one branch in the
+ * per-field loop below (see "Adding a kernel kind" in embadvisor/kernels/__init__.py); the kind is an
+ * enum, not a per-method function pointer, so that each field's loop is one kind's inlined body with no
+ * indirect call per row. */
 enum { K_ROWS = 0, K_REMAP = 1, K_QR_MULT = 2, K_QR_ADD = 3, K_PROJ = 4, K_Q8 = 5, K_Q16 = 6, K_TT = 7 };
 /* TT-Rec's parameter words (see tt_field) */
 enum { TT_CORE1, TT_CORE2, TT_CORE3, TT_NB, TT_NC, TT_D1, TT_D2, TT_D3, TT_R, TT_CACHE, TT_CACHE_IDS,
