@@ -1,9 +1,12 @@
 """The method library: a registry of compression methods behind one contract.
 
 Each built-in method lives in its own module and registers itself on import; adding a method is
-one new file plus one import line here.
+one new file plus one import line here. A module may register several variants of one method
+and then lists their names in its ``METHODS`` tuple (``qat``: int8, int16; ``ptq``: ptq_int8,
+ptq_int4).
 """
 
+from embadvisor._constraints import Interval, Options
 from embadvisor.methods._base import (
     CATEGORIES,
     INPUTS,
@@ -32,11 +35,9 @@ from embadvisor.methods import mde  # noqa: E402,F401  isort: skip
 from embadvisor.methods import autodim  # noqa: E402,F401  isort: skip
 from embadvisor.methods import optembed  # noqa: E402,F401  isort: skip
 from embadvisor.methods import adapt  # noqa: E402,F401  isort: skip
-from embadvisor.methods import int8  # noqa: E402,F401  isort: skip
-from embadvisor.methods import int16  # noqa: E402,F401  isort: skip
+from embadvisor.methods import qat  # noqa: E402,F401  isort: skip  (int8, int16)
 from embadvisor.methods import alpt  # noqa: E402,F401  isort: skip
-from embadvisor.methods import ptq_int8  # noqa: E402,F401  isort: skip
-from embadvisor.methods import ptq_int4  # noqa: E402,F401  isort: skip
+from embadvisor.methods import ptq  # noqa: E402,F401  isort: skip  (ptq_int8, ptq_int4)
 from embadvisor.methods import dpq  # noqa: E402,F401  isort: skip
 from embadvisor.methods import mgqe  # noqa: E402,F401  isort: skip
 from embadvisor.methods import dedup  # noqa: E402,F401  isort: skip
@@ -61,6 +62,8 @@ __all__ = [
     "SCOPES",
     "CompressedEmbedding",
     "EmbeddingCollection",
+    "Interval",
+    "Options",
     "Plan",
     "TablePlan",
     "build_collection",

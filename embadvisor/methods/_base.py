@@ -1,7 +1,8 @@
 """The method plugin contract: config (hyperparameters), module (learned state), memory.
 
-A method is one file ``embadvisor/methods/<name>.py`` that defines an ``<X>Embedding``
-(:class:`CompressedEmbedding`) and an ``@register_method`` ``<X>Config`` (:class:`MethodConfig`).
+A built-in method is one file ``embadvisor/methods/<name>.py`` that defines an ``<X>Embedding``
+(:class:`CompressedEmbedding`) and an ``@register_method`` ``<X>Config`` (:class:`MethodConfig`);
+variants of one method may share a file that lists their names in ``METHODS``.
 
 Memory is described once, analytically: :meth:`MethodConfig.tensor_specs` lists every parameter
 and buffer the built module will hold (name, shape, dtype). Training and serving bytes, optimizer
@@ -86,13 +87,18 @@ class MethodTags:
         reference: the paper, venue and arXiv id.
         layout: the preferred table layout: ``"global"`` (one table over all fields, ids offset
             per field) or ``"per_field"`` (one table per field).
-        hash_based: ids go through a hash.
-        supports_unseen_ids: ids beyond the training vocabulary still get a vector.
+        hash_based: ids go through a hash. The contract checks that the hash sees every bit of an
+            id (consecutive ids near 2**31 and 2**40 get distinct vectors: no float32 on the way).
+        supports_unseen_ids: ids beyond the training vocabulary still get a vector. The contract
+            checks it: ids at and far beyond ``num_embeddings`` give finite vectors in training,
+            in eval mode and from ``export()``.
         needs_frequencies: ``prepare()`` needs per-id counts.
         multi_stage: more than one training stage.
         serve_differs_from_train: ``export()`` returns a different (smaller) form.
         post_training_only: compression happens after training (PTQ).
-        deterministic_forward: the forward pass has no randomness in eval mode.
+        deterministic_forward: the forward pass has no randomness in eval mode. The contract
+            checks it (repeated lookups and same-seed builds give identical vectors) and skips
+            those comparisons for a method that sets it False.
         data_dependent_memory: the serving size depends on what training learns.
         input: what the method compresses: ``"table"`` (a trained embedding table, built with
             :meth:`MethodConfig.build`) or ``"vectors"`` (a frozen corpus of already-trained
@@ -381,7 +387,7 @@ class CompressedEmbedding(nn.Module):
 class MethodConfig:
     """Base of every method config: frozen hyperparameters, validated eagerly.
 
-    Class attributes a method sets: ``name`` (registry key = file name), ``module_class``,
+    Class attributes a method sets: ``name`` (registry key), ``module_class``,
     ``tags``, ``stages``, and for budget solving ``size_knob`` (the field that controls the size)
     with ``knob_increasing`` (memory grows with the knob). Methods with a knob implement
     :meth:`knob_bounds`; :meth:`from_budget` then bisects it generically.

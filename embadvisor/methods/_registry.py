@@ -1,4 +1,9 @@
-"""The method registry: one entry per method, keyed by its name (= its module's file name)."""
+"""The method registry: one entry per method, keyed by its name.
+
+A built-in module ``embadvisor/methods/<name>.py`` registers the method ``<name>``; a module that
+registers several variants of one method lists their names in a module-level ``METHODS`` tuple
+(``qat``: ``int8``, ``int16``; ``ptq``: ``ptq_int8``, ``ptq_int4``).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from typing import TypeVar
 from embadvisor.errors import InvalidConfigError, UnknownNameError, suggest
 from embadvisor.methods._base import MethodConfig
 
-__all__ = ["create_embedding", "get_method", "isolated", "list_methods", "register_method"]
+__all__ = ["create_embedding", "get_method", "is_registered", "isolated", "list_methods", "register_method"]
 
 _REGISTRY: dict[str, type[MethodConfig]] = {}
 C = TypeVar("C", bound=type[MethodConfig])
@@ -56,6 +61,11 @@ def get_method(name: str) -> type[MethodConfig]:
         raise UnknownNameError(
             f"`method` must be one of {', '.join(names)}, but got method={name!r}.{suggest(name, names)}"
         ) from None
+
+
+def is_registered(cls: type[MethodConfig]) -> bool:
+    """Whether ``cls`` is the class registered under ``cls.name``."""
+    return _REGISTRY.get(getattr(cls, "name", "")) is cls
 
 
 def create_embedding(name: str, table, **params):  # type: ignore[no-untyped-def]

@@ -4,7 +4,9 @@ The plan decides without training (torchrec's planner idea). Per-field layout: a
 ratio r is bisected so that every compressible table gets about r of its full size (through the
 method's own ``from_budget``), tables the method cannot shrink stay uncompressed (as in the
 paper's benchmark), and the total fits the budget. Global layout: all fields share one table
-(ids offset per field) solved once.
+(ids offset per field) solved once. :func:`solve` validates and dispatches to one function per
+strategy: ``_solve_global``, ``_solve_workload_rule`` (a method's own ``plan_tables``) and
+``_solve_per_field``.
 
 What the bytes cover: the tables' own parameters and buffers, as the methods' ``memory`` states them.
 The global layout's int64 per-field offsets (8 bytes per field, the price of grouping the fields
@@ -165,6 +167,45 @@ def _full(table: TableSpec, weight_dtype: str, optimizer: str) -> TablePlan:
     return TablePlan(table, cfg, cfg.memory(table, weight_dtype=weight_dtype, optimizer=optimizer))
 
 
+@dataclass(frozen=True)
+class _Problem:
+    """One :func:`solve` call: its inputs and the uncompressed tables, shared by the layout strategies."""
+
+    cls: type[MethodConfig]
+    tables: Sequence[TableSpec]
+    budget_bytes: float
+    scope: str
+    optimizer: str
+    weight_dtype: str
+    threshold: int
+    keep_small_share: float
+    fixed: dict[str, Any]
+    full_plans: list[TablePlan]
+
+    @property
+    def kw(self) -> dict[str, Any]:
+        """The memory settings ``from_budget`` and ``plan_tables`` take."""
+        return {"scope": self.scope, "weight_dtype": self.weight_dtype, "optimizer": self.optimizer}
+
+    @property
+    def full_bytes(self) -> int:
+        return sum(tp.memory.bytes_for(self.scope) for tp in self.full_plans)
+
+    def memory(self, cfg: MethodConfig, table: TableSpec) -> MemoryEstimate:
+        return cfg.memory(table, weight_dtype=self.weight_dtype, optimizer=self.optimizer)
+
+    def cost(self, cfg: MethodConfig, table: TableSpec) -> int:
+        return self.memory(cfg, table).bytes_for(self.scope)
+
+    def plan(self, tps: list[TablePlan], layout: str, min_b: int, reason: str = "") -> Plan:
+        total = sum((tp.memory for tp in tps), MemoryEstimate())
+        ok = not reason and total.bytes_for(self.scope) <= self.budget_bytes
+        if not ok and not reason:
+            reason = f"needs at least {format_size(min_b)}"
+        return Plan(self.cls.name, layout, self.scope, int(min(self.budget_bytes, 2**62)), ok, tuple(tps),
+                    tuple(self.tables), total, int(min_b), self.full_bytes, self.optimizer, reason, self.fixed)
+
+
 def solve(
     method: str | type[MethodConfig],
     tables: Sequence[TableSpec],
@@ -206,135 +247,135 @@ def solve(
         raise InvalidConfigError(f"`scope` must be one of {SCOPES}, but got scope={scope!r}.")
     if not tables:
         raise InvalidConfigError("`tables` must be a non-empty list of tables, but got tables=[].")
-    fixed = dict(fixed or {})
     if layout is None:
         # the method's preferred layout; one global table needs one embedding dim for all fields
         layout = cls.tags.layout
         if layout == "global" and len({t.embedding_dim for t in tables}) > 1:
             layout = "per_field"
-    kw = {"scope": scope, "weight_dtype": weight_dtype, "optimizer": optimizer}
-    full_plans = [_full(t, weight_dtype, optimizer) for t in tables]
-    full_bytes = sum(tp.memory.bytes_for(scope) for tp in full_plans)
-
-    def cost(cfg: MethodConfig, t: TableSpec) -> int:
-        return cfg.memory(t, weight_dtype=weight_dtype, optimizer=optimizer).bytes_for(scope)
-
-    def plan(tps: list[TablePlan], lay: str, min_b: int, reason: str = "") -> Plan:
-        total = sum((tp.memory for tp in tps), MemoryEstimate())
-        ok = not reason and total.bytes_for(scope) <= budget_bytes
-        if not ok and not reason:
-            reason = f"needs at least {format_size(min_b)}"
-        return Plan(cls.name, lay, scope, int(min(budget_bytes, 2**62)), ok, tuple(tps), tuple(tables), total, int(min_b),
-                    full_bytes, optimizer, reason, fixed)
-
+    problem = _Problem(cls, tables, budget_bytes, scope, optimizer, weight_dtype, threshold, keep_small_share,
+                       dict(fixed or {}), [_full(t, weight_dtype, optimizer) for t in tables])
     if layout == "global":
-        merged = merged_table(tables)
-        smallest = cls.min_config(merged, **fixed)
-        min_b = cost(smallest, merged) if smallest is not None else math.inf
-        if cls.name == "full":
-            cfg: MethodConfig | None = FullConfig()
-        else:
-            cfg = cls.from_budget(merged, budget_bytes, **kw, **fixed)
-        if cfg is None:
-            why = "" if smallest is not None else "no configuration applies to the merged table"
-            min_int = int(min_b) if math.isfinite(min_b) else 0
-            return plan([], "global", min_int, why or f"needs at least {format_size(min_b)}")
-        mem = cfg.memory(merged, weight_dtype=weight_dtype, optimizer=optimizer)
-        return plan([TablePlan(merged, cfg, mem)], "global", int(min_b))
-
+        return _solve_global(problem)
     if layout != "per_field":
         raise InvalidConfigError(f"`layout` must be 'per_field' or 'global', but got layout={layout!r}.")
+    return _solve_workload_rule(problem) or _solve_per_field(problem)
 
-    # workload-level rule of the method, if it has one
+
+def _solve_global(p: _Problem) -> Plan:
+    """Global layout: all fields share one table (ids offset per field), solved once."""
+    merged = merged_table(p.tables)
+    smallest = p.cls.min_config(merged, **p.fixed)
+    min_b = p.cost(smallest, merged) if smallest is not None else math.inf
+    if p.cls.name == "full":
+        cfg: MethodConfig | None = FullConfig()
+    else:
+        cfg = p.cls.from_budget(merged, p.budget_bytes, **p.kw, **p.fixed)
+    if cfg is None:
+        why = "" if smallest is not None else "no configuration applies to the merged table"
+        min_int = int(min_b) if math.isfinite(min_b) else 0
+        return p.plan([], "global", min_int, why or f"needs at least {format_size(min_b)}")
+    return p.plan([TablePlan(merged, cfg, p.memory(cfg, merged))], "global", int(min_b))
+
+
+def _solve_workload_rule(p: _Problem) -> Plan | None:
+    """Per-field layout with the method's own ``plan_tables`` (e.g. MDE's power law); None when it has none."""
     try:
-        chosen = cls.plan_tables(tables, budget_bytes, **kw, **fixed)
-        custom = True
+        chosen = p.cls.plan_tables(p.tables, p.budget_bytes, **p.kw, **p.fixed)
     except NotImplementedError:
-        custom = False
-    if custom:
-        min_b = _plan_min_budget(cls, tables, kw, fixed, full_plans, scope)
-        if chosen is None:
-            return plan([], "per_field", min_b, f"needs at least {format_size(min_b)}")
-        tps = [
-            full_plans[i] if c is None else TablePlan(t, c, c.memory(t, weight_dtype=weight_dtype, optimizer=optimizer))
-            for i, (t, c) in enumerate(zip(tables, chosen, strict=True))
-        ]
-        return plan(tps, "per_field", min_b)
+        return None
+    min_b = _plan_min_budget(p.cls, p.tables, p.kw, p.fixed, p.full_plans, p.scope)
+    if chosen is None:
+        return p.plan([], "per_field", min_b, f"needs at least {format_size(min_b)}")
+    tps = [p.full_plans[i] if c is None else TablePlan(t, c, p.memory(c, t))
+           for i, (t, c) in enumerate(zip(p.tables, chosen, strict=True))]
+    return p.plan(tps, "per_field", min_b)
 
-    full_b = [tp.memory.bytes_for(scope) for tp in full_plans]
 
-    def smallest_configs(budget: float) -> tuple[list[MethodConfig | None], list[float]]:
-        """Per table: the method's smallest config (None: the table stays full) and its bytes.
+#: Per table of the per-field layout: the method's smallest config (None: the table stays full)
+#: and its bytes (inf when the table stays full).
+_Floor = tuple[list[MethodConfig | None], list[float]]
 
-        Tables no bigger than ``threshold`` stay full, and so do the smallest tables that fit in
-        ``keep_small_share`` of the budget (the benchmark's rule), so the set depends on the budget.
-        """
-        keep_full = {i for i, t in enumerate(tables) if t.num_embeddings <= threshold}
-        room = keep_small_share * budget
-        for i in sorted(range(len(tables)), key=lambda i: full_b[i]):
-            if full_b[i] > room:
-                break
-            keep_full.add(i)
-            room -= full_b[i]
-        mins: list[MethodConfig | None] = []
-        min_bytes: list[float] = []
-        for i, (t, fb) in enumerate(zip(tables, full_b, strict=True)):
-            m = None if (i in keep_full or cls.name == "full") else cls.min_config(t, **fixed)
-            mb = cost(m, t) if m is not None else math.inf
-            if mb >= fb:
-                m, mb = None, math.inf
-            mins.append(m)
-            min_bytes.append(mb)
-        return mins, min_bytes
 
-    mins, min_b_list = smallest_configs(budget_bytes)
-
-    def choose(i: int, r: float) -> TablePlan:
-        t, m = tables[i], mins[i]
-        if m is None:
-            return full_plans[i]
-        target = max(r * full_b[i], min_b_list[i])
-        cfg = cls.from_budget(t, target, **kw, **fixed) or m
-        mem = cfg.memory(t, weight_dtype=weight_dtype, optimizer=optimizer)
-        if mem.bytes_for(scope) >= full_b[i]:
-            return full_plans[i]
-        return TablePlan(t, cfg, mem)
-
-    def total(r: float) -> tuple[int, list[TablePlan]]:
-        tps = [choose(i, r) for i in range(len(tables))]
-        return sum(tp.memory.bytes_for(scope) for tp in tps), tps
-
-    lo_total, lo_tps = total(0.0)
-    if all(m is None for m in mins) and cls.name != "full":
-        return plan([], "per_field", lo_total, "no table gets smaller with this method")
-    if lo_total > budget_bytes:
-        # the smallest feasible budget: a larger budget keeps more small tables full, which costs
-        # more, so iterate to the fixed point (at most one step per table)
-        need = lo_total
-        for _ in range(len(tables) + 1):
-            mins, min_b_list = smallest_configs(need)
-            need_next = total(0.0)[0]
-            if need_next <= need:
-                break
-            need = need_next
-        return plan(lo_tps, "per_field", need)
-    min_budget = lo_total
-    hi_total, hi_tps = total(1.0)
-    if hi_total <= budget_bytes:
-        return plan(hi_tps, "per_field", min_budget)
+def _solve_per_field(p: _Problem) -> Plan:
+    """Per-field layout: bisect one global ratio r so that every compressible table gets about r of
+    its full size (through ``from_budget``) and the total fits the budget."""
+    floor = _smallest_configs(p, p.budget_bytes)
+    lo_total, lo_tps = _per_field_total(p, floor, 0.0)
+    if all(m is None for m in floor[0]) and p.cls.name != "full":
+        return p.plan([], "per_field", lo_total, "no table gets smaller with this method")
+    if lo_total > p.budget_bytes:
+        return p.plan(lo_tps, "per_field", _per_field_min_budget(p, lo_total))
+    hi_total, hi_tps = _per_field_total(p, floor, 1.0)
+    if hi_total <= p.budget_bytes:
+        return p.plan(hi_tps, "per_field", lo_total)
     lo, hi, best = 0.0, 1.0, lo_tps
     for _ in range(40):
         mid = (lo + hi) / 2
-        t_mid, tps = total(mid)
-        if t_mid <= budget_bytes:
+        t_mid, tps = _per_field_total(p, floor, mid)
+        if t_mid <= p.budget_bytes:
             lo, best = mid, tps
-            if t_mid >= 0.999 * budget_bytes:
+            if t_mid >= 0.999 * p.budget_bytes:
                 break
         else:
             hi = mid
         if hi - lo < 1e-7:
             break
-    return plan(best, "per_field", min_budget)
+    return p.plan(best, "per_field", lo_total)
+
+
+def _smallest_configs(p: _Problem, budget: float) -> _Floor:
+    """Per table: the method's smallest config (None: the table stays full) and its bytes.
+
+    Tables no bigger than ``threshold`` stay full, and so do the smallest tables that fit in
+    ``keep_small_share`` of the budget (the benchmark's rule), so the set depends on the budget.
+    """
+    full_b = [tp.memory.bytes_for(p.scope) for tp in p.full_plans]
+    keep_full = {i for i, t in enumerate(p.tables) if t.num_embeddings <= p.threshold}
+    room = p.keep_small_share * budget
+    for i in sorted(range(len(p.tables)), key=lambda i: full_b[i]):
+        if full_b[i] > room:
+            break
+        keep_full.add(i)
+        room -= full_b[i]
+    mins: list[MethodConfig | None] = []
+    min_bytes: list[float] = []
+    for i, (t, fb) in enumerate(zip(p.tables, full_b, strict=True)):
+        m = None if (i in keep_full or p.cls.name == "full") else p.cls.min_config(t, **p.fixed)
+        mb = p.cost(m, t) if m is not None else math.inf
+        if mb >= fb:
+            m, mb = None, math.inf
+        mins.append(m)
+        min_bytes.append(mb)
+    return mins, min_bytes
+
+
+def _per_field_total(p: _Problem, floor: _Floor, r: float) -> tuple[int, list[TablePlan]]:
+    """Each table at about ``r`` of its full size (never below its floor; full when that is no smaller)."""
+    mins, min_bytes = floor
+    tps = []
+    for i, (t, m) in enumerate(zip(p.tables, mins, strict=True)):
+        full = p.full_plans[i]
+        full_b = full.memory.bytes_for(p.scope)
+        if m is None:
+            tps.append(full)
+            continue
+        target = max(r * full_b, min_bytes[i])
+        cfg = p.cls.from_budget(t, target, **p.kw, **p.fixed) or m
+        mem = p.memory(cfg, t)
+        tps.append(full if mem.bytes_for(p.scope) >= full_b else TablePlan(t, cfg, mem))
+    return sum(tp.memory.bytes_for(p.scope) for tp in tps), tps
+
+
+def _per_field_min_budget(p: _Problem, need: int) -> int:
+    """The smallest feasible budget of the per-field layout, from the floor total ``need`` at the
+    given budget: a larger budget keeps more small tables full, which costs more, so iterate to
+    the fixed point (at most one step per table)."""
+    for _ in range(len(p.tables) + 1):
+        need_next = _per_field_total(p, _smallest_configs(p, need), 0.0)[0]
+        if need_next <= need:
+            break
+        need = need_next
+    return need
 
 
 def _plan_min_budget(cls: type[MethodConfig], tables: Sequence[TableSpec], kw: dict[str, Any],

@@ -44,7 +44,8 @@ class VecFullConfig(VectorConfig):
         (none): the baseline has no settings.
 
     Example:
-        >>> index = VecFullConfig().fit(corpus)  # doctest: +SKIP
+        >>> VecFullConfig().memory(TableSpec("c", 1000, 16)).serve_bytes
+        64000
     """
 
     name: ClassVar[str] = "vec_full"

@@ -1,19 +1,34 @@
-"""The method contract suite: one battery of checks every registered method must pass.
+"""The method contract suite: one battery of checks every table method must pass.
 
-``tests/methods_tests/test_contract.py`` runs it over the whole registry, so a new method gets it
-by registering, with no new test code. Third-party methods can reuse it the same way: call
-:func:`contract_cases` on their own method names, or call the ``check_*`` functions directly.
-Each check raises ``AssertionError`` with a message that names the method and the config.
+:func:`checks_for` yields every check of the contract for one config class, bound to its
+arguments (a :class:`~embadvisor.testing.Check`); :func:`embadvisor.testing.parametrize_with_checks`
+turns them into pytest cases, so a method defined anywhere runs the whole contract with::
+
+    from embadvisor.testing import parametrize_with_checks
+
+    @parametrize_with_checks([MyConfig])
+    def test_contract(check):
+        check()
+
+``tests/methods_tests/test_contract.py`` does this for every registered method, so a new method
+gets the contract by registering, with no new test code. The ``check_*`` functions can also be
+called one by one. Each check raises ``AssertionError`` with a message that names the method and
+the config. The checks read the method's tags, never its name: ``hash_based``,
+``deterministic_forward`` and ``supports_unseen_ids`` each add a check that enforces them. This repository's own conventions
+(file name, docstring headings) are not part of the contract; they are
+:func:`embadvisor.testing.conventions.check_repo_conventions`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import doctest
 import importlib
 import json
 import math
 import re
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -23,10 +38,28 @@ from embadvisor.errors import InvalidConfigError
 from embadvisor.methods import CATEGORIES, CompressedEmbedding, MethodConfig, get_method, list_methods
 from embadvisor.methods._base import module_specs
 from embadvisor.profiles.schema import FrequencySummary, TableSpec
+from embadvisor.testing._check import Check
 
 __all__ = [
     "CHECKS",
+    "LARGE_SIZES",
+    "check_config",
+    "check_determinism",
+    "check_deterministic_forward",
+    "check_docstring_examples",
+    "check_forward_backward",
+    "check_from_budget",
+    "check_hash_spread",
+    "check_large_ids",
+    "check_memory_at_scale",
+    "check_memory_matches_module",
+    "check_registry",
+    "check_search_space",
+    "check_stages_and_export",
+    "check_unseen_ids",
+    "checks_for",
     "contract_cases",
+    "docstring_examples",
     "small_table",
 ]
 
@@ -55,23 +88,41 @@ def prepared(cfg: MethodConfig, table: TableSpec, **kw: Any) -> CompressedEmbedd
     return module
 
 
+#: Criteo's field sizes, large to small: ``check_memory_at_scale`` builds tables of these sizes on
+#: the meta device (exact bytes in milliseconds, no allocation).
+LARGE_SIZES = (10_131_227, 2_202_608, 93_145, 1460)
+
+
 # --------------------------------------------------------------------------- checks
 def check_registry(cls: type[MethodConfig]) -> None:
+    """The class attributes the registry, the advisor and the trainer read are well formed."""
     name = cls.name
     assert _SNAKE.match(name), f"{name}: registry key must be snake_case"
-    mod_name = cls.__module__.rsplit(".", 1)[-1]
-    assert mod_name == name, f"{name}: registry key must equal its module file name, got {mod_name}"
-    assert getattr(importlib.import_module("embadvisor.methods"), name, None) is not None or mod_name == name
-    mod = importlib.import_module(cls.__module__)
-    doc = mod.__doc__ or ""
-    assert "References" in doc, f"{name}: module docstring must have a References section"
-    assert "Memory" in doc, f"{name}: module docstring must state the memory formula (Memory section)"
-    cdoc = cls.__doc__ or ""
-    assert "Args" in cdoc and "Example" in cdoc, f"{name}: config docstring needs Args and Example sections"
     assert cls.tags.category in CATEGORIES, f"{name}: unknown category {cls.tags.category!r}"
     assert issubclass(cls.module_class, CompressedEmbedding)
     assert sum(s.budget_fraction for s in cls.stages) == 1.0 or math.isclose(
         sum(s.budget_fraction for s in cls.stages), 1.0), f"{name}: stage budget fractions must sum to 1"
+
+
+def docstring_examples(cls: type) -> list[doctest.DocTest]:
+    """The doctests of ``cls``'s own docstring (not its methods').
+
+    They run in the namespace of the module that defines ``cls``, plus ``cls`` itself and
+    :class:`TableSpec` (so an example may use both without importing them).
+    """
+    mod = sys.modules.get(cls.__module__) or importlib.import_module(cls.__module__)
+    globs = {**vars(mod), "TableSpec": TableSpec, cls.__name__: cls}
+    finder = doctest.DocTestFinder(recurse=False)
+    return finder.find(cls, cls.__qualname__, module=mod, globs=globs)
+
+
+def check_docstring_examples(cls: type) -> None:
+    """The ``>>>`` examples of the config's docstring (its ``Example`` section) print what they show."""
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    report: list[str] = []
+    failed = sum(runner.run(test, out=report.append).failed for test in docstring_examples(cls))
+    name = getattr(cls, "name", "") or cls.__name__
+    assert failed == 0, f"{name}: {failed} docstring example(s) failed:\n" + "".join(report)
 
 
 def check_config(cls: type[MethodConfig], table: TableSpec) -> None:
@@ -146,6 +197,15 @@ def check_memory_matches_module(cfg: MethodConfig, table: TableSpec) -> None:
         assert est.serve_bytes <= est.train_bytes
 
 
+def check_memory_at_scale(cls: type[MethodConfig], n: int) -> None:
+    """:func:`check_memory_matches_module` on an ``n``-row table (meta device), for the config
+    solved at 10% of the full size (else the smallest, else the default) when it is feasible."""
+    table = small_table(n)
+    cfg = cls.from_budget(table, n * 16 * 4 * 0.1) or cls.min_config(table) or cls()
+    if cfg.check_feasible(table) is None:
+        check_memory_matches_module(cfg, table)
+
+
 def check_forward_backward(cfg: MethodConfig, table: TableSpec) -> None:
     module = prepared(cfg, table)
     module.train()
@@ -180,17 +240,76 @@ def check_large_ids(cfg: MethodConfig, d: int = 16) -> None:
     assert out.shape == (4, d) and torch.isfinite(out).all(), f"{cfg!r}: bad output for ids near 2**40"
 
 
+def check_hash_spread(cfg: MethodConfig, d: int = 16) -> None:
+    """Tag ``hash_based``: consecutive ids near 2**31 and 2**40 spread over the hash range as small
+    ids do (at least half as many distinct vectors), so the hash sees every bit of an id.
+
+    An id that passes through float32 on its way to the hash (24-bit mantissa; the DLRM trap)
+    maps a run of 64 consecutive large ids to one or two vectors. Runs on an n = 2**40 table, when
+    the config's memory for it stays small (as :func:`check_large_ids`).
+    """
+    big = TableSpec("big", 2**40, d, FrequencySummary.zipf(2**40, 1.1))
+    if cfg.check_feasible(big) is not None or type(cfg).tags.needs_frequencies:
+        return
+    if cfg.memory(big).train_bytes > 256 * 2**20:
+        return
+    torch.manual_seed(0)
+    module = cfg.build(big)
+    module.eval()
+    run = torch.arange(64, dtype=torch.int64)
+    with torch.no_grad():
+        small = module(run).unique(dim=0).shape[0]
+        for base in (2**31 - 32, 2**40 - 64):
+            got = module(run + base).unique(dim=0).shape[0]
+            assert 2 * got >= small, (
+                f"{cfg!r}: 64 consecutive ids from {base} give {got} distinct vectors, ids 0..63 give {small}")
+
+
 def check_determinism(cfg: MethodConfig, table: TableSpec) -> None:
+    """Two builds under the same torch seed hold the same state (hash seeds included: they are buffers)."""
     a, b = prepared(cfg, table), prepared(cfg, table)
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
     for k in sa:
         assert torch.equal(sa[k], sb[k]), f"{cfg!r}: {k} differs between two builds with the same seed"
+
+
+def check_deterministic_forward(cfg: MethodConfig, table: TableSpec) -> None:
+    """Tag ``deterministic_forward``: in eval mode, lookups are a function of the state and the ids.
+
+    Two builds under the same seed give identical outputs, and the same module (and its
+    ``export()``) gives identical outputs on a second call.
+    """
+    a, b = prepared(cfg, table), prepared(cfg, table)
     ids = torch.arange(min(50, table.num_embeddings))
     a.eval()
     b.eval()
     with torch.no_grad():
         assert torch.equal(a(ids), b(ids))
+        assert torch.equal(a(ids), a(ids)), f"{cfg!r}: two forwards of one module differ in eval mode"
+        served = a.export()
+        assert torch.equal(served(ids), served(ids)), f"{cfg!r}: two forwards of export() differ"
+
+
+def check_unseen_ids(cfg: MethodConfig, table: TableSpec) -> None:
+    """Tag ``supports_unseen_ids``: ids at or beyond ``num_embeddings`` get finite vectors, in
+    training (with finite gradients), in eval mode and from ``export()``."""
+    module = prepared(cfg, table)
+    n, d = table.num_embeddings, table.embedding_dim
+    ids = torch.tensor([n, n + 1, 2 * n + 3, 2**31 + 5, 2**40 + 7], dtype=torch.int64)
+    module.train()
+    out = module(ids)
+    assert out.shape == (5, d) and torch.isfinite(out).all(), f"{cfg!r}: bad output for unseen ids in training"
+    out.pow(2).mean().backward()
+    for pname, p in module.named_parameters():
+        if p.grad is not None:
+            g = p.grad.coalesce().values() if p.grad.is_sparse else p.grad
+            assert torch.isfinite(g).all(), f"{cfg!r}: non-finite gradient in {pname} from unseen ids"
+    module.eval()
+    with torch.no_grad():
+        for form, m in (("module", module), ("export()", module.export())):
+            got = m(ids.view(1, 5))
+            assert got.shape == (1, 5, d) and torch.isfinite(got).all(), f"{cfg!r}: {form} fails on unseen ids"
 
 
 def check_stages_and_export(cfg: MethodConfig, table: TableSpec) -> None:
@@ -258,12 +377,67 @@ def check_from_budget(cls: type[MethodConfig], table: TableSpec) -> None:
         assert got <= budget, f"{cls.name}: from_budget({ratio}) gave {got} bytes > budget {budget}"
 
 
-CHECKS = {
+#: Every check by name. Checks of the class take ``(cls, table)`` (``registry`` and
+#: ``docstring_examples``: ``(cls)``; ``memory_at_scale``: ``(cls, n)``); checks of one example
+#: config take ``(cfg, table)`` (``large_ids`` and ``hash_spread``: ``(cfg)``). :func:`checks_for` binds them.
+CHECKS: dict[str, Callable[..., object]] = {
     "registry": check_registry,
+    "docstring_examples": check_docstring_examples,
     "config": check_config,
     "search_space": check_search_space,
     "from_budget": check_from_budget,
+    "memory_at_scale": check_memory_at_scale,
+    "memory_matches_module": check_memory_matches_module,
+    "forward_backward": check_forward_backward,
+    "large_ids": check_large_ids,
+    "hash_spread": check_hash_spread,
+    "determinism": check_determinism,
+    "deterministic_forward": check_deterministic_forward,
+    "unseen_ids": check_unseen_ids,
+    "stages_and_export": check_stages_and_export,
 }
+
+
+def checks_for(cls: type[MethodConfig], *, table: TableSpec | None = None,
+               large_sizes: tuple[int, ...] = LARGE_SIZES) -> Iterator[Check]:
+    """Every check of the contract for the table method ``cls``, bound to its arguments.
+
+    The class checks run once; the config checks run for each of ``cls.example_configs(table)``;
+    tags add checks (``hash_based``, ``deterministic_forward``, ``supports_unseen_ids``), so a
+    tag is a claim the suite tests. ``cls`` need not be registered.
+
+    Args:
+        cls: a :class:`MethodConfig` subclass with ``tags.input == "table"``.
+        table: the small table the checks use (default :func:`small_table`).
+        large_sizes: table sizes for ``memory_at_scale`` (meta device).
+    """
+    table = table or small_table()
+    name = cls.name or cls.__name__
+
+    def bind(check: str, *args: Any, case: str = "") -> Check:
+        return Check(CHECKS[check], *args, check_id=f"{name}-{case}{check}")
+
+    yield bind("registry", cls)
+    yield bind("docstring_examples", cls)
+    for check in ("config", "search_space", "from_budget"):
+        yield bind(check, cls, table)
+    for n in large_sizes:
+        yield Check(check_memory_at_scale, cls, n, check_id=f"{name}-memory_at_scale-{n}")
+    for i, cfg in enumerate(cls.example_configs(table)):
+        case = f"{i}-"
+        yield bind("memory_matches_module", cfg, table, case=case)
+        yield bind("forward_backward", cfg, table, case=case)
+        yield bind("large_ids", cfg, case=case)
+        # a capability tag is a claim about behaviour, so each one the suite can observe adds the
+        # check that tests it (the advisor may rely on a tag only the suite keeps honest)
+        if cls.tags.hash_based:
+            yield bind("hash_spread", cfg, case=case)
+        yield bind("determinism", cfg, table, case=case)
+        if cls.tags.deterministic_forward:
+            yield bind("deterministic_forward", cfg, table, case=case)
+        if cls.tags.supports_unseen_ids:
+            yield bind("unseen_ids", cfg, table, case=case)
+        yield bind("stages_and_export", cfg, table, case=case)
 
 
 def contract_cases(names: list[str] | None = None, table: TableSpec | None = None) -> Iterator[tuple[str, MethodConfig, TableSpec]]:

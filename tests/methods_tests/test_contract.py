@@ -1,4 +1,4 @@
-"""The contract suite over every registered method and each of its example configs."""
+"""The contract suite over every registered table method (and this repository's conventions for them)."""
 
 from __future__ import annotations
 
@@ -6,67 +6,17 @@ import pytest
 
 from embadvisor.methods import get_method, list_methods
 from embadvisor.profiles.schema import TableSpec
-from embadvisor.testing import method_contract as mc
-
-CASES = list(mc.contract_cases())
-IDS = [c[0] for c in CASES]
-CRITEO_SIZES = [10_131_227, 2_202_608, 93_145, 1460]
+from embadvisor.testing import check_repo_conventions, parametrize_with_checks
 
 
-@pytest.mark.parametrize("name", list_methods())
-def test_registry(name: str) -> None:
-    mc.check_registry(get_method(name))
+@parametrize_with_checks([get_method(name) for name in list_methods()])
+def test_contract(check) -> None:
+    check()
 
 
 @pytest.mark.parametrize("name", list_methods())
-def test_config(name: str) -> None:
-    mc.check_config(get_method(name), mc.small_table())
-
-
-@pytest.mark.parametrize("name", list_methods())
-def test_search_space(name: str) -> None:
-    mc.check_search_space(get_method(name), mc.small_table())
-
-
-@pytest.mark.parametrize("name", list_methods())
-def test_from_budget(name: str) -> None:
-    mc.check_from_budget(get_method(name), mc.small_table())
-
-
-@pytest.mark.parametrize(("case", "cfg", "table"), CASES, ids=IDS)
-def test_memory_matches_module(case: str, cfg, table) -> None:
-    mc.check_memory_matches_module(cfg, table)
-
-
-@pytest.mark.parametrize("name", list_methods())
-@pytest.mark.parametrize("n", CRITEO_SIZES)
-def test_memory_matches_module_criteo_size(name: str, n: int) -> None:
-    """Criteo-size tables on the meta device: exact bytes in milliseconds, no allocation."""
-    cls = get_method(name)
-    table = mc.small_table(n)
-    cfg = cls.from_budget(table, n * 16 * 4 * 0.1) or cls.min_config(table) or cls()
-    if cfg.check_feasible(table) is None:
-        mc.check_memory_matches_module(cfg, table)
-
-
-@pytest.mark.parametrize(("case", "cfg", "table"), CASES, ids=IDS)
-def test_forward_backward(case: str, cfg, table) -> None:
-    mc.check_forward_backward(cfg, table)
-
-
-@pytest.mark.parametrize(("case", "cfg", "table"), CASES, ids=IDS)
-def test_large_ids(case: str, cfg, table) -> None:
-    mc.check_large_ids(cfg)
-
-
-@pytest.mark.parametrize(("case", "cfg", "table"), CASES, ids=IDS)
-def test_determinism(case: str, cfg, table) -> None:
-    mc.check_determinism(cfg, table)
-
-
-@pytest.mark.parametrize(("case", "cfg", "table"), CASES, ids=IDS)
-def test_stages_and_export(case: str, cfg, table) -> None:
-    mc.check_stages_and_export(cfg, table)
+def test_repo_conventions(name: str) -> None:
+    check_repo_conventions(get_method(name))
 
 
 def test_unknown_method_suggests() -> None:
@@ -77,12 +27,21 @@ def test_unknown_method_suggests() -> None:
 
 
 def test_every_method_module_is_imported_by_the_package() -> None:
+    import importlib
     import pkgutil
 
     import embadvisor.methods as pkg
 
     files = {m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")}
-    assert files == set(list_methods(input=None)), "each methods/<name>.py must register exactly the method <name>"
+    declared: dict[str, set[str]] = {}
+    for file in files:
+        mod = importlib.import_module(f"embadvisor.methods.{file}")
+        declared[file] = set(getattr(mod, "METHODS", (file,)))
+        registered = {n for n in list_methods(input=None) if get_method(n).__module__ == mod.__name__}
+        assert registered == declared[file], (
+            f"methods/{file}.py must register exactly the method {file} (or the names in its METHODS)")
+    assert set().union(*declared.values()) == set(list_methods(input=None)), (
+        "each registered method must come from its own methods/<name>.py or a module's METHODS")
 
 
 def test_table_spec_rejects_bad_sizes() -> None:

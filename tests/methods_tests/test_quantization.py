@@ -21,10 +21,8 @@ from embadvisor.methods._quant import (
 )
 from embadvisor.methods.alpt import AlptConfig
 from embadvisor.methods.full import init_bound
-from embadvisor.methods.int8 import Int8Config
-from embadvisor.methods.int16 import Int16Config
-from embadvisor.methods.ptq_int4 import PtqInt4Config
-from embadvisor.methods.ptq_int8 import PtqInt8Config
+from embadvisor.methods.ptq import PtqInt4Config, PtqInt8Config
+from embadvisor.methods.qat import Int8Config, Int16Config
 from embadvisor.profiles.schema import TableSpec
 
 QAT = [Int8Config(), Int8Config(fused_optimizer="sgd"), Int16Config(), AlptConfig(), AlptConfig(bits=16),

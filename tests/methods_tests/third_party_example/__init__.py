@@ -1,0 +1,1 @@
+"""A method written outside ``embadvisor/methods``, tested through the public contract entry point."""
