@@ -106,7 +106,7 @@ def parse_size(text: str | int | float, *, name: str = "size") -> int:
             raise _rename(_fail(text, _TOO_LARGE), name)
         if approx < 0.25:  # also a non-zero number that underflows to 0.0
             raise _rename(_fail(text, "less than one byte"), name)
-        value = Fraction(number)  # cheap now: at most 100 characters, the exponent within ~130
+        value = Fraction(number)  # cheap: at most 100 characters, the exponent within ~130
     if unit not in _UNITS:
         raise _rename(_fail(text, _unit_problem(unit)), name)
     nbytes = value * _UNITS[unit]

@@ -90,7 +90,7 @@ _FIX = ("Pass sqlite:///path/to/studies.db, a journal file path ending in .log, 
 def check_storage_url(url: str | None, *, name: str = "--storage") -> str | None:
     """``url`` unchanged if it names a storage that outlives the command, else :class:`InvalidConfigError`.
 
-    Refused: an empty or blank value (it used to fall back to the default without a word) and
+    Refused: an empty or blank value (leave the option out for the default) and
     in-memory SQLite (``sqlite://``, ``sqlite:///``, ``sqlite:///:memory:``, ``?mode=memory``), which
     loses the study when the command ends and cannot be shared with the heartbeat thread or workers.
     ``None`` (option not given) is fine.
