@@ -30,7 +30,7 @@ _LAZY = {
     "FrequencySummary": "embadvisor.profiles",
     "WorkloadProfile": "embadvisor.profiles",
     "load_profile": "embadvisor.profiles",
-    "build_embedding": "embadvisor.advisor.export",
+    "build_embedding": "embadvisor.build",
     "format_size": "embadvisor.units",
     "parse_size": "embadvisor.units",
     "parse_budget": "embadvisor.units",

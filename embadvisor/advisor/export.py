@@ -1,4 +1,7 @@
-"""Configs and study history: export a recommendation, rebuild its module, list studies and trials.
+"""Study history: a study's stored recommendation, the studies of a storage and a study's trials.
+
+Writing, reading and rebuilding configs lives in :mod:`embadvisor.build` (below the advisor); its names
+are re-exported here.
 
 The storage is plain Optuna, so ``optuna studies --storage URL`` and ``optuna-dashboard URL`` work
 on it too.
@@ -6,15 +9,13 @@ on it too.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import optuna
-import tomllib
 from optuna.trial import TrialState
 
-from embadvisor.errors import DataError, EmbAdvisorError, InvalidConfigError, UnknownNameError
+from embadvisor.build import build_embedding, load_config, write_config
+from embadvisor.errors import EmbAdvisorError, InvalidConfigError, UnknownNameError
 
 __all__ = ["build_embedding", "list_studies", "load_config", "load_recommendation", "study_trials", "write_config"]
 
@@ -48,64 +49,6 @@ def load_recommendation(name: str, storage: str | None) -> dict[str, Any]:
         raise EmbAdvisorError(f"study {name!r} has no recommendation yet (it was interrupted before the pick). "
                               "Run the same `embadvisor recommend` command again to resume it.")
     return dict(rec)
-
-
-def write_config(config: dict[str, Any], path: str | Path) -> Path:
-    from embadvisor.profiles.io import dumps_toml
-
-    path = Path(path)
-    if path.suffix.lower() == ".json":
-        text = json.dumps(config, indent=2) + "\n"
-    elif path.suffix.lower() == ".toml":
-        text = dumps_toml(_toml_safe(config), header="embadvisor configuration: rebuild with "
-                          "embadvisor.build_embedding(path)")
-    else:
-        raise InvalidConfigError(f"`output` must end in .toml or .json, but got output={str(path)!r}.")
-    from embadvisor._checks import write_text
-
-    return write_text(path, text)
-
-
-def _toml_safe(obj: Any) -> Any:
-    """TOML has no null and no mixed arrays of tables and scalars: drop None, stringify odd keys."""
-    if isinstance(obj, dict):
-        return {str(k): _toml_safe(v) for k, v in obj.items() if v is not None}
-    if isinstance(obj, list | tuple):
-        return [_toml_safe(v) for v in obj if v is not None]
-    return obj
-
-
-def load_config(path_or_dict: str | Path | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(path_or_dict, dict):
-        return path_or_dict
-    path = Path(path_or_dict)
-    if not path.is_file():
-        raise DataError(f"config file {str(path)!r} does not exist. Export one with `embadvisor export STUDY -o "
-                        "config.toml`.")
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise DataError(f"config file {str(path)!r} is not valid: {e}.") from None
-    if "plan" not in data:
-        raise InvalidConfigError(f"config file {str(path)!r} has no `plan` table; it is not an embadvisor config.")
-    return data
-
-
-def build_embedding(config: str | Path | dict[str, Any], *, device: Any = None) -> Any:
-    """The ready ``nn.Module`` (an EmbeddingCollection) for the config's target workload.
-
-    Its measured bytes equal the config's ``memory.serve_bytes`` (training form; for methods whose
-    serving form differs, call ``.export()`` after training).
-    """
-    from embadvisor.methods import build_collection
-    from embadvisor.methods._solver import Plan
-
-    cfg = load_config(config)
-    if cfg.get("input") == "vectors":
-        raise InvalidConfigError("this config describes a compressed vector corpus; rebuild it with "
-                                 "embadvisor.vectors.build_index(config, corpus).")
-    return build_collection(Plan.from_dict(cfg["plan"]), device=device)
 
 
 def list_studies(storage: str | None) -> list[dict[str, Any]]:

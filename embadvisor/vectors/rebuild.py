@@ -34,7 +34,7 @@ def build_index(config: str | Path | dict[str, Any], corpus: np.ndarray | str | 
     Returns:
         The fitted index; its ``nbytes`` equals the config's ``memory.serve_bytes``.
     """
-    from embadvisor.advisor.export import load_config
+    from embadvisor.build import load_config
     from embadvisor.vectors.data import load_matrix, normalise
 
     cfg = load_config(config)
