@@ -18,11 +18,13 @@ task's embedding dim, times the share.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from embadvisor.advisor.result import Recommendation
 from embadvisor.advisor.search import SearchSettings, full_bytes
 from embadvisor.defaults import DEFAULT_LR, DEFAULT_PATIENCE, DEFAULT_THREADS
 from embadvisor.errors import InvalidConfigError
@@ -89,18 +91,18 @@ class RecommendJob:
     output: Path | None = None
 
     def run(self, *, on_trial: Callable[..., None] | None = None,
-            on_phase: Callable[[str], None] | None = None) -> dict[str, Any]:
+            on_phase: Callable[[str], None] | None = None) -> Recommendation:
         """Search, rank and recommend (see :func:`recommend`)."""
         from embadvisor.advisor.recommend import recommend as run_recommend
 
         rec = run_recommend(self.workload, self.settings, storage=self.storage, study_name=self.study,
                             on_trial=on_trial, on_phase=on_phase, store=self.store, workers=self.workers,
                             heartbeat_s=self.heartbeat)
-        rec["budget"] = str(self.budget)
+        rec = dataclasses.replace(rec, budget=str(self.budget))
         if self.output is not None:
-            from embadvisor.advisor.export import write_config
+            from embadvisor.build import write_config
 
-            write_config(rec["config"], self.output)
+            write_config(rec.config, self.output)
         return rec
 
 
@@ -183,7 +185,7 @@ def recommend(
     on_trial: Callable[..., None] | None = None,
     on_phase: Callable[[str], None] | None = None,
     **options: Any,
-) -> dict[str, Any]:
+) -> Recommendation:
     """Search the compression methods that fit ``budget`` on the task's data, rank them and recommend one.
 
     Exactly what ``embadvisor recommend`` does (see the README). Options, with the CLI's defaults:
@@ -193,8 +195,9 @@ def recommend(
     (``"dlrm"``), ``methods``, ``trials``, ``rungs``, ``time_limit`` (seconds or ``"10m"``), ``storage``,
     ``study``, ``batch_size``, ``lr``, ``threads``, ``seed``, ``workers``, ``heartbeat`` and ``output``
     (writes the config, ``.toml`` or ``.json``). Every check on the inputs runs before any data is read
-    or any search starts (:func:`prepare_recommend`). Returns the recommendation (also stored on the
-    study); ``on_trial``/``on_phase`` report progress.
+    or any search starts (:func:`prepare_recommend`). Returns the
+    :class:`~embadvisor.advisor.result.Recommendation` (also stored on the study; it reads as a mapping of
+    its ``to_dict()`` form too); ``on_trial``/``on_phase`` report progress.
     """
     return prepare_recommend(budget, on_phase=on_phase, **options).run(on_trial=on_trial, on_phase=on_phase)
 

@@ -428,27 +428,25 @@ def recommend(
             rec = vs.recommend_vectors(workload_v, settings_v, storage=storage, study_name=study, store=store_v,
                                        on_trial=progress.on_trial, on_phase=progress.on_phase)
         if output is not None:
-            from embadvisor.advisor.export import write_config
+            from embadvisor.build import write_config
 
-            write_config(rec["config"], output)
-            report.console_err().print(f"wrote {output}")
-        emit_json({k: v for k, v in rec.items() if k != "config"}) if as_json else report.print_recommendation(rec)
-        return
-    from embadvisor.api import prepare_recommend
+            write_config(rec.config, output)
+    else:
+        from embadvisor.api import prepare_recommend
 
-    err = report.console_err()
-    job = prepare_recommend(
-        budget, task=task, data=data, profile=profile_spec, scope=budget_scope, fmt=fmt, label=label,
-        fields=fields, model=model, methods=method_list, trials=trials, rungs=rungs, time_limit=limit,
-        storage=storage, study=study, batch_size=batch_size, lr=lr, threads=threads, seed=seed,
-        workers=workers, heartbeat=heartbeat, output=output, on_phase=lambda m: err.print(f"[dim]{m}...[/]"))
-    err.print(f"[dim]{job.workload.description}[/]")
-    with report.SearchProgress(None, limit, enabled=not as_json) as progress:
-        rec = job.run(on_trial=progress.on_trial, on_phase=progress.on_phase)
+        err = report.console_err()
+        job = prepare_recommend(
+            budget, task=task, data=data, profile=profile_spec, scope=budget_scope, fmt=fmt, label=label,
+            fields=fields, model=model, methods=method_list, trials=trials, rungs=rungs, time_limit=limit,
+            storage=storage, study=study, batch_size=batch_size, lr=lr, threads=threads, seed=seed,
+            workers=workers, heartbeat=heartbeat, output=output, on_phase=lambda m: err.print(f"[dim]{m}...[/]"))
+        err.print(f"[dim]{job.workload.description}[/]")
+        with report.SearchProgress(None, limit, enabled=not as_json) as progress:
+            rec = job.run(on_trial=progress.on_trial, on_phase=progress.on_phase)
     if output is not None:
-        err.print(f"wrote {output}")
+        report.console_err().print(f"wrote {output}")
     if as_json:
-        emit_json({k: v for k, v in rec.items() if k != "config"})
+        emit_json({k: v for k, v in rec.to_dict().items() if k != "config"})
     else:
         report.print_recommendation(rec)
 
@@ -495,7 +493,7 @@ def export(
     if output.suffix.lower() not in (".toml", ".json"):
         raise fail(f"--output must end in .toml or .json, but got {str(output)!r}.")
     check_common(storage=storage, output=output)  # before the study is read
-    write_config(load_recommendation(study, storage)["config"], output)
+    write_config(load_recommendation(study, storage).config, output)
     from embadvisor.advisor import report
 
     report.console_err().print(f"wrote {output}")

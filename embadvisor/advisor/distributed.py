@@ -29,16 +29,9 @@ from typing import Any
 
 import optuna
 
+from embadvisor.advisor.core import StudyMismatch, make_study, run_study, trial_counts
 from embadvisor.advisor.schedule import Schedule
-from embadvisor.advisor.search import (
-    Search,
-    SearchSettings,
-    StudyMismatch,
-    make_study,
-    run_study,
-    study_key,
-    trial_counts,
-)
+from embadvisor.advisor.search import Search, SearchSettings, study_key
 from embadvisor.advisor.storage import display_url
 from embadvisor.advisor.workloads import cache_dir, workload_from_spec
 from embadvisor.errors import DataError, EmbAdvisorError, InvalidConfigError, UnknownNameError, suggest

@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from embadvisor.advisor.result import Recommendation
 from embadvisor.build import build_embedding, load_config, write_config
 from embadvisor.errors import EmbAdvisorError, InvalidConfigError, UnknownNameError
 
@@ -42,13 +43,14 @@ def _study_listing(name: str, names: list[str], *, show: int = 3) -> str:
     return f"{len(names)} studies" + (f"; closest: {', '.join(close)}" if close else "")
 
 
-def load_recommendation(name: str, storage: str | None) -> dict[str, Any]:
+def load_recommendation(name: str, storage: str | None) -> Recommendation:
+    """The recommendation stored on study ``name`` (by this or an earlier version)."""
     study = _load_study(name, storage)
     rec = study.user_attrs.get("recommendation")
     if not rec:
         raise EmbAdvisorError(f"study {name!r} has no recommendation yet (it was interrupted before the pick). "
                               "Run the same `embadvisor recommend` command again to resume it.")
-    return dict(rec)
+    return Recommendation.from_dict(rec)
 
 
 def list_studies(storage: str | None) -> list[dict[str, Any]]:
@@ -57,13 +59,14 @@ def list_studies(storage: str | None) -> list[dict[str, Any]]:
     store = open_storage(storage)
     rows = []
     for s in optuna.get_all_study_summaries(store, include_best_trial=True):
-        rec = s.user_attrs.get("recommendation") or {}
+        stored = s.user_attrs.get("recommendation")
+        rec = Recommendation.from_dict(stored) if stored else None
         key = s.user_attrs.get("key") or {}
         rows.append({
             "study": s.study_name, "trials": s.n_trials,
             "best_value": s.best_trial.value if s.best_trial is not None else None,
             "task": key.get("task"), "target": key.get("target"), "budget_bytes": key.get("budget_bytes"),
-            "scope": key.get("scope"), "recommended": rec.get("method"),
+            "scope": key.get("scope"), "recommended": rec.method if rec is not None else None,
             "created": s.datetime_start.isoformat(timespec="seconds") if s.datetime_start else None,
         })
     return rows

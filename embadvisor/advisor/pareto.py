@@ -183,10 +183,9 @@ def run_pareto(
             rows.append(row)
             continue
         row.update({
-            "feasible": True, "method": rec["method"], "params": rec["params"], "serve_bytes": rec["serve_bytes"],
-            "train_bytes": rec["train_bytes"], "validation": rec["metric"]["validation"],
-            "test": rec["metric"]["test"], "study": rec["study"], "trials": rec["trials"],
-            "full_bytes": rec["full_bytes"], "ratio": rec["ratio"],
+            "feasible": True, "method": rec.method, "params": rec.params, "serve_bytes": rec.serve_bytes,
+            "train_bytes": rec.train_bytes, "validation": rec.metric.validation, "test": rec.metric.test,
+            "study": rec.study, "trials": rec.trials, "full_bytes": rec.full_bytes, "ratio": rec.ratio,
         })
         rows.append(row)
     ok = [r for r in rows if r["feasible"]]

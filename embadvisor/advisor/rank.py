@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from embadvisor.methods import get_method
 
-__all__ = ["Candidate", "choose", "simplicity", "top_candidates"]
+__all__ = ["Candidate", "TieBreak", "choose", "simplicity", "top_candidates"]
 
 
 def simplicity(method: str) -> int:
@@ -109,8 +109,47 @@ def top_candidates(study: optuna.Study, n: int) -> list[Candidate]:
 LATENCY_TOLERANCE = 0.10
 
 
-def choose(cands: list[Candidate], stated_epsilon: float) -> tuple[Candidate, float, str]:
-    """The pick, the noise level used, and a one-paragraph explanation."""
+class TieBreak:
+    """How candidates tied within the noise level are told apart, and how the explanation says so.
+
+    This one, for trained inputs: the lowest inference latency, where candidates that serve the same module
+    share their fastest latency and latencies within the timing noise count as equal, then training
+    memory, then method complexity, then metric. Subclasses override :meth:`pick` and :meth:`describe`.
+    """
+
+    #: what the best candidate has the best validation value of, alone and among tied candidates
+    basis = "metric after re-training with fresh seeds"
+    tied_basis = "re-trained metric"
+
+    def pick(self, tied: list[Candidate]) -> tuple[Candidate, str]:
+        """The winner among ``tied`` and what decided it (the explanation's words)."""
+        # Timing noise must not decide (nor make a re-run or a resumed study pick differently): candidates
+        # that serve the same module (same method and parameters, e.g. differing only in learning rate)
+        # share their fastest measured latency, and latencies within the tolerance of the fastest count as
+        # equal (LATENCY_TOLERANCE, or twice the largest relative spread of the re-training runs' latencies).
+        shared: dict[str, float] = {}
+        for c in tied:
+            k = c.serving_key
+            shared[k] = min(shared.get(k, math.inf), c.serve_latency_ms)
+        spreads_ms = [statistics.pstdev(c.fresh_latency) / statistics.fmean(c.fresh_latency)
+                      for c in tied if len(c.fresh_latency) >= 2 and statistics.fmean(c.fresh_latency) > 0]
+        tol = max(LATENCY_TOLERANCE, 2 * max(spreads_ms, default=0.0))
+        fastest = min(shared.values())
+        fast = [c for c in tied if shared[c.serving_key] <= fastest * (1 + tol)]
+        win = min(fast, key=lambda c: (c.train_bytes, simplicity(c.method), -c.mean, c.key))
+        return win, (f"the lowest inference latency (within {tol:.0%}, the timing noise), then training memory, "
+                     "then method complexity, then metric")
+
+    def describe(self, c: Candidate) -> str:
+        """A candidate's figures in the explanation."""
+        return f"{c.mean:.4f}, {c.serve_latency_ms:.1f} ms"
+
+
+def choose(cands: list[Candidate], stated_epsilon: float,
+           tiebreak: TieBreak | None = None) -> tuple[Candidate, float, str]:
+    """The pick, the noise level used, and a one-paragraph explanation: the best mean wins unless others are
+    within the noise level of it; then ``tiebreak`` (default :class:`TieBreak`) picks among them."""
+    rule = tiebreak or TieBreak()
     spreads = []
     for c in cands:
         vals = c.fresh if len(c.fresh) >= 2 else [c.value, *c.fresh]
@@ -120,27 +159,13 @@ def choose(cands: list[Candidate], stated_epsilon: float) -> tuple[Candidate, fl
     eps = max(stated_epsilon, measured)
     best = max(cands, key=lambda c: c.mean)
     tied = [c for c in cands if c.mean >= best.mean - eps]
-    # Timing noise must not decide (nor make a re-run or a resumed study pick differently): candidates
-    # that serve the same module (same method and parameters, e.g. differing only in learning rate)
-    # share their fastest measured latency, and latencies within the tolerance of the fastest count as
-    # equal (LATENCY_TOLERANCE, or twice the largest relative spread of the re-training runs' latencies).
-    shared: dict[str, float] = {}
-    for c in tied:
-        k = c.serving_key
-        shared[k] = min(shared.get(k, math.inf), c.serve_latency_ms)
-    spreads_ms = [statistics.pstdev(c.fresh_latency) / statistics.fmean(c.fresh_latency)
-                  for c in tied if len(c.fresh_latency) >= 2 and statistics.fmean(c.fresh_latency) > 0]
-    tol = max(LATENCY_TOLERANCE, 2 * max(spreads_ms, default=0.0))
-    fastest = min(shared.values())
-    fast = [c for c in tied if shared[c.serving_key] <= fastest * (1 + tol)]
-    win = min(fast, key=lambda c: (c.train_bytes, simplicity(c.method), -c.mean, c.key))
+    win, decided = rule.pick(tied)
     if len(tied) == 1:
-        why = (f"{win.method} has the best validation metric after re-training with fresh seeds "
-               f"({win.mean:.4f}), ahead of the next candidate by more than the noise level {eps:.4f}.")
+        why = (f"{win.method} has the best validation {rule.basis} ({win.mean:.4f}), ahead of the next candidate "
+               f"by more than the noise level {eps:.4f}.")
     else:
-        others = ", ".join(f"{c.method} {c.mean:.4f}, {c.serve_latency_ms:.1f} ms" for c in tied if c is not win)
-        why = (f"{len(tied)} candidates are within the noise level {eps:.4f} of the best re-trained metric "
-               f"({best.method} {best.mean:.4f}); among them {win.method} ({win.mean:.4f}, "
-               f"{win.serve_latency_ms:.1f} ms) has the lowest inference latency (within {tol:.0%}, the timing noise), "
-               f"then training memory, then method complexity, then metric (others: {others}).")
+        others = ", ".join(f"{c.method} {rule.describe(c)}" for c in tied if c is not win)
+        why = (f"{len(tied)} candidates are within the noise level {eps:.4f} of the best {rule.tied_basis} "
+               f"({best.method} {best.mean:.4f}); among them {win.method} ({rule.describe(win)}) has {decided} "
+               f"(others: {others}).")
     return win, eps, why

@@ -10,6 +10,7 @@ from rich.table import Table
 from embadvisor.units import format_size
 
 if TYPE_CHECKING:
+    from embadvisor.advisor.result import Recommendation
     from embadvisor.profiles.schema import WorkloadProfile
 
 __all__ = ["console", "console_err", "preset_row", "print_presets", "print_profile", "print_synth"]
@@ -219,50 +220,52 @@ class SearchProgress:
         self.progress.update(self.task_id, description=head)
 
 
-def print_recommendation(rec: dict[str, Any]) -> None:
+def print_recommendation(rec: Recommendation) -> None:
     out = console()
-    metric = rec["metric"]["name"]
-    budget = rec["budget_bytes"]
-    table = Table(title=f"ranked candidates ({rec['trials']['complete']} complete, {rec['trials']['pruned']} pruned, "
-                  f"{rec['trials']['failed']} failed trials; budget {format_size(budget)} {rec['scope']}, "
-                  f"{share_text(budget, rec['full_bytes'])} of the full tables)")
+    metric = rec.metric.name
+    budget = rec.budget_bytes
+    trials = rec.trials
+    table = Table(title=f"ranked candidates ({trials['complete']} complete, {trials['pruned']} pruned, "
+                  f"{trials['failed']} failed trials; budget {format_size(budget)} {rec.scope}, "
+                  f"{share_text(budget, rec.full_bytes)} of the full tables)")
     for col, just in [("#", "right"), ("method", "left"), ("key settings", "left"), ("serve", "right"),
                       ("% of budget", "right"), (f"val {metric} (search)", "right"), ("fresh seeds", "right"),
                       ("latency ms", "right")]:
         table.add_column(col, justify=just)  # type: ignore[arg-type]
-    for i, c in enumerate(rec["ranking"], 1):
-        mark = "[bold green]*[/]" if c["trial"] == rec["ranking"][0]["trial"] and c["method"] == rec["method"] else ""
+    for i, c in enumerate(rec.ranking, 1):
+        mark = "[bold green]*[/]" if c["trial"] == rec.ranking[0]["trial"] and c["method"] == rec.method else ""
         table.add_row(f"{i}{mark}", c["method"], _short_params(c["params"], 50), format_size(c["serve_bytes"]),
                       f"{c['serve_bytes'] / budget:.0%}",
                       f"{c['value']:.4f}" + (f" (rung {c['rung']})" if "rung" in c else ""),
                       ", ".join(f"{v:.4f}" for v in c["fresh"]) or "-", f"{c['latency_ms']:.1f}")
     out.print(table)
-    test = rec["metric"]["test"]
-    out.print(f"[bold]recommended: {rec['method']}[/] {_short_params(rec['params'], 200)}")
-    out.print(f"  serving {format_size(rec['serve_bytes'])} of {format_size(budget)} budget "
-              f"({share_text(budget, rec['full_bytes'])} of the full tables, {format_size(rec['full_bytes'])}), "
-              f"training {format_size(rec['train_bytes'])}")
-    ev = rec.get("evidence")
-    spread = rec["metric"].get("spread")
+    test = rec.metric.test
+    out.print(f"[bold]recommended: {rec.method}[/] {_short_params(rec.params, 200)}")
+    out.print(f"  serving {format_size(rec.serve_bytes)} of {format_size(budget)} budget "
+              f"({share_text(budget, rec.full_bytes)} of the full tables, {format_size(rec.full_bytes)}), "
+              f"training {format_size(rec.train_bytes)}")
+    t = rec.training
+    ev = t.evidence if t is not None else None
+    spread = rec.metric.spread
     how = ""
     if ev:
         how = (f" (mean of {ev['runs']} fresh-seed runs" + (f", std {spread:.4f}" if spread is not None else "")
                + f", {min(ev['samples']):,}-{max(ev['samples']):,} samples each, "
                + ("each trained until validation stopped improving)" if ev["converged"] else "NOT all converged)"))
-    out.print(f"  validation {metric} {rec['metric']['validation']:.4f}{how}"
+    out.print(f"  validation {metric} {rec.metric.validation:.4f}{how}"
               + (f", test {metric} {test:.4f} (test split evaluated once, for this pick)" if test is not None else ""))
-    if rec.get("undertrained"):
-        out.print(f"  [bold yellow]under-trained evidence:[/] {rec['undertrained']['reason']}")
-    if rec.get("search_incomplete"):
-        out.print(f"  [yellow]search cut short:[/] {rec['search_incomplete']}")
-    out.print(f"  why: {rec['explanation']}")
-    if rec.get("proxy"):
-        out.print(f"  [dim]metrics and latency were measured on the proxy; {', '.join(rec['extrapolated'])} are "
+    if t is not None and t.undertrained:
+        out.print(f"  [bold yellow]under-trained evidence:[/] {t.undertrained['reason']}")
+    if t is not None and t.search_incomplete:
+        out.print(f"  [yellow]search cut short:[/] {t.search_incomplete}")
+    out.print(f"  why: {rec.explanation}")
+    if rec.proxy:
+        out.print(f"  [dim]metrics and latency were measured on the proxy; {', '.join(rec.extrapolated)} are "
                   "solved for the target workload (extrapolated).[/]")
-    if rec.get("infeasible"):
+    if rec.infeasible:
         out.print("  [dim]did not fit: " + ", ".join(f"{m} (needs {format_size(b)})"
-                                                    for m, b in sorted(rec["infeasible"].items())) + "[/]")
-    out.print(f"  [dim]study {rec['study']} in {rec['storage']}; export with `embadvisor export {rec['study']} "
+                                                    for m, b in sorted(rec.infeasible.items())) + "[/]")
+    out.print(f"  [dim]study {rec.study} in {rec.storage}; export with `embadvisor export {rec.study} "
               f"-o config.toml`[/]")
 
 

@@ -1,4 +1,5 @@
-"""Budget-aware Optuna search over compression methods and their settings.
+"""Budget-aware Optuna search over compression methods for embedding tables: the tables' input of the
+one search/recommend pipeline (:class:`Search`, an :class:`~embadvisor.advisor.core.Evaluator`).
 
 Feasibility first: every method is solved analytically for the target before any training;
 methods that cannot meet the budget are never proposed. The search space is parameterised
@@ -10,10 +11,12 @@ namespaced per method (``qr.operation``) since Optuna refuses one name with two 
 Single-objective (validation metric), TPE with ``multivariate=True, group=True`` over the conditional
 space; every feasible method's solver default is enqueued first, so each method is evaluated at least
 once. How long a trial trains comes from a calibrated successive-halving schedule
-(:mod:`embadvisor.advisor.schedule`): every candidate gets a short run, the best third a longer one,
-and the best of those train to convergence. Trials record the method, the full config, serving and
-training bytes (target and proxy), the rung, the learning curve, validation metrics, training time,
-latency and failure reasons as user attributes (visible in optuna-dashboard).
+(:mod:`embadvisor.advisor.schedule`, calibrated by :meth:`Search.start`): every candidate gets a short
+run, the best third a longer one, and the best of those train to convergence; the finalists are then
+re-trained with fresh seeds (:meth:`Search.finalists`). Trials record the method, the full config,
+serving and training bytes (target and proxy), the rung, the learning curve, validation metrics,
+training time, latency and failure reasons as user attributes (visible in optuna-dashboard). The study
+machinery (objective wrapper, rungs, study creation) is :mod:`embadvisor.advisor.core`.
 """
 
 from __future__ import annotations
@@ -22,31 +25,50 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
-from embadvisor.advisor.resume import CanonicalSampler
-from embadvisor.advisor.schedule import Calibration, Schedule, promotions, rung_of
+from embadvisor.advisor import rank
+from embadvisor.advisor.core import (
+    BUDGET_USE,
+    Evaluation,
+    Evaluator,
+    Pick,
+    Proposal,
+    StudyMismatch,
+    default_study_name,
+    is_counted,
+    make_study,
+    next_step,
+    run_study,
+    suggest,
+    trial_counts,
+)
+from embadvisor.advisor.result import TrainingEvidence
+from embadvisor.advisor.schedule import Calibration, Schedule, estimate_seconds, rung_of, schedule_from
 from embadvisor.advisor.workloads import Workload
 from embadvisor.defaults import DEFAULT_LR, DEFAULT_THREADS
-from embadvisor.errors import EmbAdvisorError, InfeasibleError, InvalidConfigError
+from embadvisor.errors import InvalidConfigError
 from embadvisor.methods import Plan, get_method, list_methods, solve
 from embadvisor.tasks.api import TrainReport, convergence_config, serve_bytes_over, train
 from embadvisor.tasks.trainer import TrainConfig, TrainingDiverged, default_eval_every
 from embadvisor.units import format_size
 from embadvisor.version import __version__
 
-__all__ = ["LR_RANGE", "SearchSettings", "StudyMismatch", "Search", "is_counted", "run_study", "study_key"]
+if TYPE_CHECKING:
+    from embadvisor.advisor.rank import Candidate
+    from embadvisor.advisor.result import Recommendation
 
-BUDGET_USE = (0.6, 1.0)
+# the study machinery moved to embadvisor.advisor.core; these names stay importable from here
+__all__ = ["LR_RANGE", "Search", "SearchSettings", "StudyMismatch", "default_study_name", "full_bytes",
+           "is_counted", "make_study", "next_step", "run_study", "study_key", "trial_counts"]
+
 #: the learning rate a sampled trial uses is the base ``train.lr`` times a factor from this range (log-uniform);
 #: solver defaults use the base. Sparse tables and compressed parameterisations often want a larger step
 #: than the dense MLP default, and methods differ in how much.
@@ -55,10 +77,15 @@ LR_RANGE = (1 / 3, 10.0)
 CALIBRATION_EPOCHS = 30
 #: retrieval trials evaluate on this many validation users (a fixed seeded sample) during the search
 EVAL_USERS = 5000
-
-
-class StudyMismatch(EmbAdvisorError):
-    """A study name is reused with a different workload, budget or settings."""
+#: default time limit of a recommendation on a built-in workload (seconds, calibration included): the
+#: README's main job finishes within 5 minutes on 2 cores
+BUILTIN_TIME_LIMIT_S = 270.0
+#: default time limit on the user's data: this many times the calibrated estimate (methods slower than
+#: the calibrated one need the slack); ``time_limit_s`` caps it
+ESTIMATE_SLACK = 1.5
+#: share of the time limit calibration may use at most (and at most CALIBRATION_MAX_S)
+CALIBRATION_SHARE = 0.2
+CALIBRATION_MAX_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -170,23 +197,9 @@ def study_key(workload: Workload, settings: SearchSettings) -> dict[str, Any]:
     }
 
 
-def default_study_name(key: dict[str, Any]) -> str:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return f"{key['task']}-{key['target']}-{format_size(key['budget_bytes']).replace(' ', '')}-{key['scope']}-{digest}"
-
-
-def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
-    if isinstance(dist, IntDistribution):
-        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
-    if isinstance(dist, FloatDistribution):
-        return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
-    if isinstance(dist, CategoricalDistribution):
-        return trial.suggest_categorical(name, dist.choices)
-    raise InvalidConfigError(f"unsupported distribution {dist!r} for {name}")
-
-
-class Search:
-    """One study: feasibility, trials, ranking inputs. See the module docstring."""
+class Search(Evaluator):
+    """The embedding-table input of the one search/recommend pipeline (:class:`~embadvisor.advisor.core.Evaluator`):
+    feasibility, trials trained rung by rung, finalists re-trained with fresh seeds. See the module docstring."""
 
     def __init__(self, workload: Workload, settings: SearchSettings) -> None:
         self.w = workload
@@ -208,6 +221,12 @@ class Search:
         self.schedule: Schedule | None = settings.schedule
         #: wall-clock time after which no trial starts and running ones stop training (epoch seconds)
         self.deadline: float | None = None
+        #: what :meth:`start` measured or derived: the calibration, the estimate and the time limit
+        self.calibration: dict[str, Any] | None = None
+        self.estimate: dict[str, float] | None = None
+        self.time_limit: float | None = None
+        #: the first fresh-seed training report of each finalist (by candidate key)
+        self.reports: dict[str, TrainReport] = {}
 
     def engine_options(self, *, sampled: bool) -> dict[str, Any]:
         """Task-engine options: retrieval evaluates a seeded user sample during the search."""
@@ -249,18 +268,10 @@ class Search:
         return solve(method, self.proxy_tables, self.proxy_budget * use, scope=self.s.scope,
                      optimizer=self.s.train.optimizer, fixed=fixed)
 
-    def check_feasible(self) -> None:
-        """Raise :class:`InfeasibleError` with every method's minimum budget when nothing fits."""
-        if self.feasible:
-            return
-        mins = sorted((p.min_budget_bytes, m) for m, p in self.plans.items() if p.min_budget_bytes > 0)
-        listing = ", ".join(f"{m} {format_size(b)}" for b, m in mins[:8])
-        raise InfeasibleError(
-            f"no method fits {format_size(self.s.budget_bytes)} ({self.s.scope}) for {self.w.target.name} "
-            f"(full tables {format_size(self.target_full)}). Minimum budgets: {listing}.",
-            [f"raise --budget to at least {format_size(mins[0][0])}" if mins else "raise --budget",
-             "use --budget-scope serve if you passed train" if self.s.scope == "train" else "lower the embedding dim"],
-        )
+    def infeasible(self) -> tuple[str, str]:
+        return (f"no method fits {format_size(self.s.budget_bytes)} ({self.s.scope}) for {self.w.target.name} "
+                f"(full tables {format_size(self.target_full)})",
+                "use --budget-scope serve if you passed train" if self.s.scope == "train" else "lower the embedding dim")
 
     def space(self, method: str) -> dict[str, BaseDistribution]:
         """The method's own hyperparameters (not its size knob), from its largest proxy table."""
@@ -272,53 +283,40 @@ class Search:
     # -- trials --------------------------------------------------------------------------------
     def enqueue_defaults(self, study: optuna.Study) -> None:
         """Each feasible method's solver default, simplest methods first (so a time limit cuts the costly ones)."""
-        from embadvisor.advisor.rank import simplicity
-
         done = {t.params.get("method") for t in study.trials}
-        for m in sorted(self.feasible, key=lambda m: (simplicity(m), m))[: self.n_candidates]:
+        for m in sorted(self.feasible, key=lambda m: (rank.simplicity(m), m))[: self.n_candidates]:
             if m not in done:
                 study.enqueue_trial({"method": m, f"{m}.budget_use": 1.0},
                                     user_attrs={"solver_default": True, "rung": 0}, skip_if_exists=True)
 
-    def objective(self, trial: optuna.Trial) -> float:
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        if is_surplus(trial, self.n_candidates):
-            # another worker started the rung's last trial a moment before this one was created
-            trial.set_user_attr("surplus", True)
-            raise optuna.TrialPruned("surplus: the rung already has its trials")
-        try:
-            return self._objective(trial)
-        except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)  # Optuna marks it failed; it does not count
-            raise
-
-    def _objective(self, trial: optuna.Trial) -> float:
-        rung = rung_of(trial)  # type: ignore[arg-type]
-        trial.set_user_attr("rung", rung)
+    def propose(self, trial: optuna.Trial) -> Proposal:
+        """A method, its budget share, its hyperparameters and a learning rate (:data:`LR_RANGE` times the base);
+        the enqueued solver default leaves every setting to the solver (e.g. dpq's per-table codebooks) and
+        trains at the base learning rate."""
         method = trial.suggest_categorical("method", self.feasible)
-        use = 1.0 if method == "full" else trial.suggest_float(f"{method}.budget_use", *BUDGET_USE)
-        # the enqueued default leaves every setting to the solver (e.g. dpq's per-table codebooks)
+        use = 1.0 if method == self.full_method else trial.suggest_float(f"{method}.budget_use", *BUDGET_USE)
         default = bool(trial.user_attrs.get("solver_default"))
         fixed = {} if default else {k: suggest(trial, f"{method}.{k}", d) for k, d in self.space(method).items()}
         base_lr = self.s.train.lr
         lr = base_lr if default or not self.s.search_lr else trial.suggest_float(
             f"{method}.lr", base_lr * LR_RANGE[0], base_lr * LR_RANGE[1], log=True)
-        target = self.solve_target(method, use, fixed)
-        proxy = self.solve_proxy(method, use, fixed)
-        trial.set_user_attr("method", method)
-        trial.set_user_attr("fixed", fixed)
-        trial.set_user_attr("lr", lr)
-        if not (target.feasible and proxy.feasible):
-            reason = target.reason or proxy.reason or "infeasible"
-            trial.set_user_attr("failure", f"settings do not fit the budget: {reason}")
-            raise optuna.TrialPruned(reason)
-        trial.set_user_attr("params", target.params())
-        trial.set_user_attr("serve_bytes", target.memory.serve_bytes)
-        trial.set_user_attr("train_bytes", target.memory.train_bytes)
-        trial.set_user_attr("proxy_serve_bytes", proxy.memory.serve_bytes)
-        trial.set_constraint("memory_over_budget", float(target.bytes - self.s.budget_bytes))
+        return Proposal(method, use, fixed, lr)
 
-        cfg = self.trial_config(rung, self.s.seed, lr)
+    def nbytes(self, proposal: Proposal) -> Plan:
+        """The candidate solved for the target; when it fits there but not on the proxy, the proxy's plan
+        (infeasible, with the reason)."""
+        target = self.solve_target(proposal.method, proposal.use, proposal.fixed)
+        if not target.feasible:
+            return target
+        proxy = self.solve_proxy(proposal.method, proposal.use, proposal.fixed)
+        return target if proxy.feasible else proxy
+
+    def evaluate(self, trial: optuna.Trial, proposal: Proposal, plan: Plan, rung: int) -> Evaluation:
+        """Train the candidate on the data (the proxy's plan) for the rung's resource."""
+        proxy = self.solve_proxy(proposal.method, proposal.use, proposal.fixed)
+        trial.set_user_attr("proxy_serve_bytes", proxy.memory.serve_bytes)
+        assert proposal.lr is not None  # propose() always sets it
+        cfg = self.trial_config(rung, self.s.seed, proposal.lr)
         trial.set_user_attr("resource", cfg.max_samples)
 
         def report(step: int, value: float, final_samples: int | None) -> None:
@@ -331,10 +329,6 @@ class Search:
         except TrainingDiverged as e:
             trial.set_user_attr("failure", str(e))
             raise
-        except Exception as e:  # a trial that raises is recorded as failed; the search goes on
-            trial.set_user_attr("failure", f"{type(e).__name__}: {e}")
-            raise
-        metric = self.w.data.metric
         f = rep.fit
         trial.set_user_attr("measured_proxy_serve_bytes", f.serve_bytes)
         limit = proxy.memory.serve_bytes if self.s.scope == "serve" else None
@@ -344,25 +338,17 @@ class Search:
                    f"{limit:,}: target unreachable on this data")
             trial.set_user_attr("failure", msg)
             raise RuntimeError(msg)
-        trial.set_user_attr("validation", f.validation)
-        trial.set_user_attr("train_seconds", f.train_seconds)
-        trial.set_user_attr("latency_ms", f.latency_ms)
-        trial.set_user_attr("samples", f.samples)
-        trial.set_user_attr("steps", f.steps)
-        trial.set_user_attr("stopped", f.stopped)
-        trial.set_user_attr("converged", f.converged)
-        trial.set_user_attr("rise", f.rise)
-        trial.set_user_attr("curve", [[int(a), float(v)] for a, v in f.curve])
-        trial.set_user_attr("final_curve", [[int(a), float(v)] for a, v in f.final_curve])
-        return float(f.validation[metric])
+        return Evaluation(float(f.validation[self.metric]), {
+            "validation": f.validation, "train_seconds": f.train_seconds, "latency_ms": f.latency_ms,
+            "samples": f.samples, "steps": f.steps, "stopped": f.stopped, "converged": f.converged, "rise": f.rise,
+            "curve": [[int(a), float(v)] for a, v in f.curve],
+            "final_curve": [[int(a), float(v)] for a, v in f.final_curve]})
 
     def calibrate(self, time_cap_s: float | None = None) -> Calibration:
         """Train the simplest feasible single-stage method with early stopping and measure its convergence
         horizon, speed and evaluation cost (see :mod:`embadvisor.advisor.schedule`)."""
-        from embadvisor.advisor.rank import simplicity
-
         single = [m for m in self.feasible if len(get_method(m).stages) == 1] or self.feasible
-        method = min(single, key=lambda m: (simplicity(m), m))
+        method = min(single, key=lambda m: (rank.simplicity(m), m))
         proxy = self.solve_proxy(method, 1.0, {})
         n, t = self.w.data.num_train, self.s.train
         every = default_eval_every(n, t.batch_size) * t.batch_size
@@ -398,154 +384,169 @@ class Search:
         return train(self.w.data, proxy, model=self.s.model, dim=self.dim, config=cfg, seed=seed,
                      engine_options=self.engine_options(sampled=False))
 
+    # -- the pipeline's hooks (embadvisor.advisor.core.Evaluator) ------------------------------------
+    def study_key(self) -> dict[str, Any]:
+        return study_key(self.w, self.s)
 
-def trial_counts(study: optuna.Study) -> dict[str, int]:
-    states = [t.state for t in study.trials]
-    return {
-        "complete": states.count(TrialState.COMPLETE),
-        "pruned": states.count(TrialState.PRUNED),
-        "failed": states.count(TrialState.FAIL),
-    }
+    @property
+    def metric(self) -> str:
+        return str(self.w.data.metric)
+
+    @property
+    def target_name(self) -> str:
+        return str(self.w.target.name)
+
+    @property
+    def proxy(self) -> bool:
+        return bool(self.w.proxy)
+
+    def spec(self) -> dict[str, Any] | None:
+        return {"workload": self.w.spec, "settings": self.s.to_dict()}
+
+    @property
+    def rebuildable(self) -> bool:
+        return self.w.spec is not None
+
+    @property
+    def worker_threads(self) -> int:
+        return self.s.train.threads or 1
+
+    @property
+    def n_finalists(self) -> int:
+        return self.s.retrain_top
+
+    def start(self, study: optuna.Study, *, on_phase: Callable[[str], None] | None, started: float,
+              t_start: float) -> tuple[float | None, float | None]:
+        """Calibrate the rungs (unless the settings or the study have them) and derive the time limit: the
+        settings', else :data:`BUILTIN_TIME_LIMIT_S` on a built-in workload, else :data:`ESTIMATE_SLACK` times
+        the calibrated estimate; the search stops early enough to leave the finalists their estimated time."""
+        settings = self.s
+        builtin = bool(self.w.spec and self.w.spec.get("kind") == "default")
+        limit = settings.time_limit_s if settings.time_limit_s is not None else (
+            BUILTIN_TIME_LIMIT_S if builtin else None)
+        cal = study.user_attrs.get("calibration")
+        if self.schedule is None:
+            if study.user_attrs.get("schedule"):
+                self.schedule = Schedule.from_dict(study.user_attrs["schedule"])
+            else:
+                if on_phase:
+                    on_phase("calibrating: training the simplest feasible method until validation stops improving")
+                cap = CALIBRATION_MAX_S if limit is None else min(CALIBRATION_MAX_S, CALIBRATION_SHARE * limit)
+                measured = self.calibrate(cap)
+                cal = measured.to_dict()
+                self.schedule = schedule_from(measured, settings.train.batch_size)
+                study.set_user_attr("calibration", cal)
+                study.set_user_attr("schedule", self.schedule.to_dict())
+        sch = self.schedule
+        staged = sum(len(get_method(m).stages) > 1 for m in self.feasible) / max(1, len(self.feasible))
+        estimate = None
+        if cal:
+            estimate = estimate_seconds(sch, Calibration(**cal), self.n_candidates, settings.retrain_top,
+                                        settings.retrain_seeds, staged)
+            if limit is None:
+                limit = ESTIMATE_SLACK * estimate["total"] + (time.perf_counter() - started)
+            study.set_user_attr("estimate", estimate)
+        if on_phase and estimate is not None:
+            on_phase(f"estimate: {_duration(estimate['total'])} at the calibrated speed "
+                     f"({self.n_candidates} candidates, rungs of {', '.join(f'{r:,}' for r in sch.rungs)} samples; "
+                     f"slower methods take longer); time limit {_duration(limit) if limit else 'none'}")
+        self.calibration, self.estimate, self.time_limit = cal, estimate, limit
+        deadline_all = None if limit is None else t_start + limit
+        reserve = 0.0 if estimate is None or limit is None else min(0.5 * limit, estimate["finalists"])
+        search_deadline = None if deadline_all is None else deadline_all - reserve
+        return search_deadline, deadline_all
+
+    def finalists(self, study: optuna.Study, cands: list[Candidate], *, deadline: float | None,
+                  on_phase: Callable[[str], None] | None) -> None:
+        """Re-train each finalist to convergence with ``retrain_seeds`` fresh seeds (:meth:`retrain`), each run
+        given an equal share of the time left."""
+        settings = self.s
+        if on_phase:
+            on_phase(f"training the {len(cands)} finalists to convergence with {settings.retrain_seeds} fresh seeds")
+        self.deadline = deadline
+        metric = self.metric
+        runs_left = len(cands) * settings.retrain_seeds
+        for c in cands:
+            for j in range(settings.retrain_seeds):
+                share = None if deadline is None else max(1.0, (deadline - time.time()) / runs_left)
+                rep = self.retrain(c.method, c.use, c.fixed, seed=settings.seed + 1000 + j, lr=c.lr,
+                                   time_cap_s=share)
+                runs_left -= 1
+                f = rep.fit
+                c.fresh.append(float(f.validation[metric]))
+                c.fresh_latency.append(f.latency_ms)
+                c.fresh_runs.append({"seed": settings.seed + 1000 + j, "value": float(f.validation[metric]),
+                                     "samples": f.samples, "steps": f.steps, "converged": f.converged,
+                                     "stopped": f.stopped, "rise_last_quarter": f.rise,
+                                     "curve": [[int(a), float(v)] for a, v in f.curve]})
+                self.reports.setdefault(c.key, rep)
+
+    def choose(self, study: optuna.Study, cands: list[Candidate]) -> tuple[Candidate, float, str]:
+        best_value = max(c.mean for c in cands)
+        return rank.choose(cands, self.s.epsilon or _stated_epsilon(self.w.task, best_value))
+
+    def pick(self, study: optuna.Study, win: Candidate, *, on_phase: Callable[[str], None] | None) -> Pick:
+        """The pick's target plan, and the test split evaluated once on its first fresh-seed model."""
+        rep = self.reports[win.key]
+        test = rep.engine.evaluate(rep.model, "test") if rep.engine.has_split("test") else None
+        plan = self.solve_target(win.method, win.use, win.fixed)
+        assert self.schedule is not None
+        evidence = {"trial": win.trial, "runs": len(win.fresh), "mean": win.mean, "spread": win.spread,
+                    "samples": [r["samples"] for r in win.fresh_runs], "steps": [r["steps"] for r in win.fresh_runs],
+                    "converged": win.converged}
+        training = TrainingEvidence(
+            evidence=evidence, undertrained=undertrained_note(win), search_incomplete=search_note(self, study),
+            calibration=self.calibration, schedule=self.schedule.to_dict(),
+            estimate_seconds=self.estimate["total"] if self.estimate else None, time_limit_s=self.time_limit)
+        return Pick(plan, plan.memory.serve_bytes, plan.memory.train_bytes, rep.fit.validation, test,
+                    {"training": training})
+
+    def config(self, rec: Recommendation, win: Candidate, pick: Pick) -> dict[str, Any]:
+        plan, metric, t = pick.plan, self.metric, self.s.train
+        undertrained = rec.training.undertrained if rec.training is not None else None
+        return {
+            "memory": {"serve_bytes": plan.memory.serve_bytes, "train_bytes": plan.memory.train_bytes,
+                       "full_bytes": plan.full_bytes, "breakdown": dict(plan.memory.breakdown)},
+            "metrics": {"name": metric, "validation": win.mean, "spread": win.spread, "runs": len(win.fresh),
+                        "samples": [r["samples"] for r in win.fresh_runs], "converged": win.converged,
+                        "undertrained": (undertrained or {}).get("reason"),
+                        "test": (pick.test_all or {}).get(metric), "measured_on": rec.measured_on},
+            "training": {"lr": win.lr, "batch_size": t.batch_size, "optimizer": t.optimizer},
+            "plan": plan.to_dict(),
+        }
 
 
-def is_counted(t: optuna.trial.FrozenTrial) -> bool:
-    """Whether a finished trial counts toward the study's trial budget.
-
-    Complete and pruned trials count, and failed ones whose objective recorded why (an exception,
-    a divergence). Trials failed because their worker died (a stale heartbeat: Optuna re-runs them
-    as a new trial; or ``abandoned`` by a killed lone process, see :mod:`embadvisor.advisor.resume`),
-    interrupted with Ctrl-C, or closed as surplus do not count.
-    """
-    if t.user_attrs.get("surplus") or t.user_attrs.get("interrupted") or t.user_attrs.get("abandoned"):
-        return False
-    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    return t.state == TrialState.FAIL and "failure" in t.user_attrs
+def _stated_epsilon(task: str, best: float) -> float:
+    return 0.001 if task == "ctr" else 0.01 * max(best, 1e-9)
 
 
-def is_surplus(trial: optuna.Trial, n_candidates: int) -> bool:
-    """True when the trial's rung already had its trials before this one was created: ``n_candidates``
-    counted or running rung-0 trials, or (at a later rung) an earlier trial promoted from the same parent."""
-    rung = rung_of(trial)  # type: ignore[arg-type]
-    before = [t for t in trial.study.get_trials(deepcopy=False)
-              if t.number < trial.number and rung_of(t) == rung and (t.state == TrialState.RUNNING or is_counted(t))]
-    if rung == 0:
-        return len(before) >= n_candidates
-    parent = trial.user_attrs.get("parent")
-    return any(t.user_attrs.get("parent") == parent for t in before)
+def undertrained_note(win: Candidate) -> dict[str, Any] | None:
+    """None when every fresh-seed run of the pick stopped because validation stopped improving; else how
+    many a cap stopped first and how much the metric was still rising over their last quarter."""
+    cut = [r for r in win.fresh_runs if not r["converged"]]
+    if not cut:
+        return None
+    rises = [r["rise_last_quarter"] for r in cut if r.get("rise_last_quarter") is not None]
+    rise = max(rises) if rises else None
+    text = (f"{len(cut)} of the pick's {len(win.fresh_runs)} fresh-seed runs stopped on a cap ({cut[0]['stopped']}) "
+            "before validation stopped improving")
+    if rise is not None:
+        text += f"; the metric rose {rise:+.4f} over the last quarter of training"
+    return {"reason": text + ". Allow more time (--time-limit) for converged evidence.", "rise_last_quarter": rise,
+            "runs_not_converged": len(cut)}
 
 
-def heartbeat_enabled(study: optuna.Study) -> bool:
-    from optuna.storages._heartbeat import is_heartbeat_enabled  # the check Study.optimize itself uses
-
-    return is_heartbeat_enabled(study._storage)
-
-
-def next_step(search: Search, study: optuna.Study) -> str:
-    """What a worker does next: ``run`` a trial, ``wait`` for running ones, or stop (``done``).
-
-    Rung 0 takes trials until it has ``n_candidates``; once every trial of rung k has finished, the
-    promoted configurations (:func:`embadvisor.advisor.schedule.promotions`) are enqueued at rung k+1.
-    """
+def search_note(search: Search, study: optuna.Study) -> str | None:
+    """None when the search reached its last rung; else at what resource the candidates were compared."""
     assert search.schedule is not None
-    sch = search.schedule
-    trials = study.get_trials(deepcopy=False)
-    by_rung: dict[int, list[optuna.trial.FrozenTrial]] = {}
-    for t in trials:
-        by_rung.setdefault(rung_of(t), []).append(t)
-    rung0 = by_rung.get(0, [])
-    counted0 = sum(map(is_counted, rung0))
-    running0 = sum(t.state == TrialState.RUNNING for t in rung0)
-    if counted0 + running0 < search.n_candidates:
-        return "run"
-    for k in range(sch.last + 1):
-        here = by_rung.get(k, [])
-        if any(t.state == TrialState.WAITING for t in here) and k > 0:
-            return "run"
-        if any(t.state == TrialState.RUNNING for t in here):
-            return "wait"
-        if k == sch.last:
-            return "done"
-        minimum = min(search.s.retrain_top, search.n_candidates) if k == sch.last - 1 else 1
-        promoted = promotions(trials, k, sch.eta, minimum=minimum,
-                              doublings=math.log2(sch.rungs[-1] / max(1, sch.rungs[k])))
-        have = {t.user_attrs.get("parent") for t in by_rung.get(k + 1, [])
-                if t.state != TrialState.FAIL or is_counted(t)}
-        missing = [p for p in promoted if p.number not in have]
-        for p in missing:
-            study.enqueue_trial(p.params, user_attrs={"rung": k + 1, "parent": p.number,
-                                                      "solver_default": bool(p.user_attrs.get("solver_default"))})
-        if missing:
-            return "run"
-    return "done"
+    reached = max((rung_of(t) for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE),
+                  default=0)
+    if reached >= search.schedule.last:
+        return None
+    return (f"the time limit stopped the search at rung {reached} of {search.schedule.last}: candidates were "
+            f"compared after {search.schedule.rungs[reached]:,} training samples, not at convergence (the "
+            "finalists were then trained to convergence)")
 
 
-def run_study(
-    search: Search,
-    study: optuna.Study,
-    *,
-    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
-    deadline: float | None = None,
-    poll_s: float = 1.0,
-) -> None:
-    """Run trials rung by rung (:func:`next_step`) until the last rung is done or the deadline passes.
-
-    Safe with many workers on one study: a rung-0 trial is started only while counted + running rung-0
-    trials are fewer than ``n_candidates``, and a rung is promoted only once all its trials finished;
-    with heartbeats (RDB storages) Optuna fails and re-runs the trials of dead workers
-    (``fail_stale_trials`` + the retry callback).
-    """
-    if deadline is None and search.s.time_limit_s is not None:
-        deadline = time.time() + search.s.time_limit_s
-    search.deadline = deadline
-    heartbeat = heartbeat_enabled(study)
-    callbacks = [on_trial] if on_trial else []
-    waited = 0.0
-    while deadline is None or time.time() < deadline:
-        step = next_step(search, study)
-        if step == "done":
-            return
-        if step == "wait":
-            if heartbeat:
-                optuna.storages.fail_stale_trials(study)
-            elif waited > STALL_S:
-                return  # without heartbeats a dead worker's trial cannot be told from a live one
-            time.sleep(poll_s)
-            waited += poll_s
-            continue
-        waited = 0.0
-        study.optimize(search.objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=True)
-
-
-#: without heartbeats, a worker waiting for other workers' running trials gives up after this long
-STALL_S = 1800.0
-
-
-def make_study(search: Search, storage: Any, name: str, key: dict[str, Any], *,
-               sampler_seed: int | None = None) -> optuna.Study:
-    """Create or resume the study; refuse a name already used for another workload or budget.
-
-    ``sampler_seed`` (default: the search seed) must differ between workers of one study, or
-    seeded samplers that see the same history propose the same parameters.
-    """
-    s = search.s
-    seed = s.seed if sampler_seed is None else sampler_seed
-    # TPE whose proposals survive kills and resumes (embadvisor.advisor.resume)
-    sampler = CanonicalSampler(seed, multivariate=True, group=True, n_startup_trials=4)
-    pruner = optuna.pruners.NopPruner()  # the rungs decide (embadvisor.advisor.schedule)
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler,
-                                pruner=pruner, load_if_exists=True)
-    old = study.user_attrs.get("key")
-    if old is None:
-        study.set_user_attr("key", key)
-        study.set_user_attr("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
-    elif json.loads(json.dumps(old, default=str)) != json.loads(json.dumps(key, default=str)):
-        diff = [k for k in key if json.dumps(old.get(k), default=str) != json.dumps(key[k], default=str)]
-        what = "; ".join(f"{k}: study has {old.get(k)!r}, this run {key[k]!r}" for k in diff[:3])
-        raise StudyMismatch(f"study {name!r} was created for a different search ({what}). Pick another --study "
-                            "name, or drop --study to get one derived from the inputs.")
-    return study
-
-
-def is_finite(x: float) -> bool:
-    return x is not None and math.isfinite(x)
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"

@@ -1,11 +1,13 @@
-"""The advisor for frozen vector corpora (``recommend --task retrieval --vectors FILE``).
+"""The frozen-vector input of the one search/recommend pipeline (``recommend --task retrieval --vectors FILE``).
 
-Same shape as :mod:`embadvisor.advisor.search` (plans, feasibility, enqueued defaults, an
-Optuna objective, ranking, a stored recommendation and an exportable config), but nothing is
-trained: a trial solves one ``vec_*`` compressor's size knob from its share of the budget (so
-every trial fits by construction), fits it on the corpus (timed), and scores it on the
-validation queries. The budget is the bytes of the stored compressed corpus (codes, codebooks,
-scales, indices). When the float32 corpus fits, the uncompressed corpus is recommended.
+:class:`VectorSearch` is an :class:`~embadvisor.advisor.core.Evaluator` like the embedding tables'
+:class:`~embadvisor.advisor.search.Search`, and runs through the same pipeline
+(:func:`embadvisor.advisor.recommend.run`: study, sampler, crash-safe resume, ranking, stored
+recommendation), as its one-rung case: nothing is trained, so there is one fidelity and nothing to
+re-run. A trial solves one ``vec_*`` compressor's size knob from its share of the budget (so every
+trial fits by construction), fits it on the corpus (timed), and scores it on the validation queries.
+The budget is the bytes of the stored compressed corpus (codes, codebooks, scales, indices). When the
+float32 corpus fits, the uncompressed corpus is recommended.
 
 Objective: nDCG@10 on the validation queries when qrels are given, else Recall@10 against exact
 search. Candidates within ``epsilon`` of the best validation value are tied; ties go to the
@@ -15,22 +17,19 @@ search latency, then fewer bytes. The test queries are evaluated once, for the p
 
 from __future__ import annotations
 
-import platform
-import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Unpack, cast
 
-import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from embadvisor.advisor import rank
-from embadvisor.advisor.recommend import CONFIG_VERSION, _jsonable
-from embadvisor.advisor.search import BUDGET_USE, default_study_name, make_study, suggest, trial_counts
-from embadvisor.advisor.storage import default_storage, display_url, open_storage
-from embadvisor.errors import EmbAdvisorError, InfeasibleError, InvalidConfigError
+from embadvisor.advisor.core import Evaluation, Evaluator, Pick, Proposal
+from embadvisor.advisor.recommend import RunOptions, run
+from embadvisor.advisor.result import Recommendation
+from embadvisor.errors import EmbAdvisorError, InvalidConfigError
 from embadvisor.methods import MemoryEstimate, get_method, list_methods
 from embadvisor.methods._vectors import VectorConfig, corpus_table
 from embadvisor.units import format_size
@@ -135,8 +134,13 @@ def _contains(dist: BaseDistribution, value: Any) -> bool:
     return False
 
 
-class VectorSearch:
-    """One study over the frozen-vector compressors. See the module docstring."""
+class VectorSearch(Evaluator):
+    """The frozen-vector compressors as an :class:`~embadvisor.advisor.core.Evaluator`. See the module docstring."""
+
+    full_method = FULL
+    full_note = "The uncompressed float32 corpus fits the budget ({}). "
+    input = "vectors"
+    listed_minimums = 9
 
     def __init__(self, workload: VectorWorkload, settings: VectorSearchSettings) -> None:
         self.w = workload
@@ -149,6 +153,7 @@ class VectorSearch:
         self.feasible = [m for m, p in self.plans.items() if p.feasible]
         if FULL in self.feasible:  # nothing to compress: the exact corpus fits
             self.feasible = [FULL]
+        self.n_candidates = 1 if self.feasible == [FULL] else settings.trials
 
     def plan(self, method: str) -> VectorPlan:
         """The method at the whole budget with its default settings, else with the first of its example
@@ -177,18 +182,10 @@ class VectorSearch:
         mem = cfg.memory(self.table) if cfg is not None else MemoryEstimate()
         return VectorPlan(method, cfg, mem, min_b, self.target_full, why)
 
-    def check_feasible(self) -> None:
-        """Raise :class:`InfeasibleError` with every compressor's minimum budget when nothing fits."""
-        if self.feasible:
-            return
-        mins = sorted((p.min_budget_bytes, m) for m, p in self.plans.items() if p.min_budget_bytes > 0)
-        listing = ", ".join(f"{m} {format_size(b)}" for b, m in mins[:9])
-        raise InfeasibleError(
-            f"no compressor fits {format_size(self.s.budget_bytes)} for the {self.w.data.num_vectors:,} x "
-            f"{self.w.data.dim} corpus (float32 {format_size(self.target_full)}). Minimum budgets: {listing}.",
-            [f"raise --budget to at least {format_size(mins[0][0])}" if mins else "raise --budget",
-             "reduce the corpus (fewer or shorter vectors)"],
-        )
+    def infeasible(self) -> tuple[str, str]:
+        return (f"no compressor fits {format_size(self.s.budget_bytes)} for the {self.w.data.num_vectors:,} x "
+                f"{self.w.data.dim} corpus (float32 {format_size(self.target_full)})",
+                "reduce the corpus (fewer or shorter vectors)")
 
     def space(self, method: str) -> dict[str, BaseDistribution]:
         cls = get_method(method)
@@ -210,17 +207,12 @@ class VectorSearch:
                     params[f"{m}.{k}"] = value
             study.enqueue_trial(params, skip_if_exists=True)
 
-    def objective(self, trial: optuna.Trial) -> float:
-        method = trial.suggest_categorical("method", self.feasible)
-        use = 1.0 if method == FULL else trial.suggest_float(f"{method}.budget_use", *BUDGET_USE)
-        fixed = {k: suggest(trial, f"{method}.{k}", d) for k, d in self.space(method).items()}
-        plan = self.solve_target(method, use, fixed)
-        trial.set_user_attr("method", method)
-        trial.set_user_attr("fixed", fixed)
-        if plan.config is None:
-            trial.set_user_attr("failure", f"settings do not fit the budget: {plan.reason}")
-            raise optuna.TrialPruned(plan.reason)
-        trial.set_user_attr("params", plan.params())
+    def nbytes(self, proposal: Proposal) -> VectorPlan:
+        return self.solve_target(proposal.method, proposal.use, proposal.fixed)
+
+    def evaluate(self, trial: optuna.Trial, proposal: Proposal, plan: VectorPlan, rung: int) -> Evaluation:
+        """Fit the compressor on the corpus (timed) and score it on the validation queries."""
+        assert plan.config is not None  # the pipeline evaluates feasible plans only
         try:
             index, seconds = compress(plan.config, self.w.data.corpus)
         except EmbAdvisorError as e:
@@ -231,44 +223,72 @@ class VectorSearch:
             trial.set_user_attr("failure", msg)
             raise RuntimeError(msg)
         val = evaluate_index(index, self.w.validation)
-        trial.set_user_attr("serve_bytes", index.nbytes)
-        trial.set_user_attr("train_bytes", index.nbytes)
-        trial.set_user_attr("validation", val)
-        trial.set_user_attr("train_seconds", seconds)
-        trial.set_user_attr("compress_seconds", seconds)
-        trial.set_user_attr("latency_ms", val["latency_ms"])
-        return float(val[self.w.metric])
+        return Evaluation(float(val[self.metric]), {
+            "serve_bytes": index.nbytes, "train_bytes": index.nbytes, "validation": val, "train_seconds": seconds,
+            "compress_seconds": seconds, "latency_ms": val["latency_ms"]})
+
+    # -- the pipeline's hooks (embadvisor.advisor.core.Evaluator) ------------------------------------
+    def study_key(self) -> dict[str, Any]:
+        return study_key(self.w, self.s)
+
+    @property
+    def metric(self) -> str:
+        return self.w.metric
+
+    @property
+    def target_name(self) -> str:
+        return self.w.data.name
+
+    @property
+    def n_finalists(self) -> int:
+        return self.s.top
+
+    def choose(self, study: optuna.Study, cands: list[rank.Candidate]) -> tuple[rank.Candidate, float, str]:
+        recall = {t.number: float(t.user_attrs.get("validation", {}).get("recall@10_exact", 0.0))
+                  for t in study.trials}
+        eps = self.s.epsilon if self.s.epsilon is not None else 0.005
+        return rank.choose(cands, eps, RecallTieBreak(self.metric, recall))
+
+    def pick(self, study: optuna.Study, win: rank.Candidate, *, on_phase: Any) -> Pick:
+        """Compress the corpus with the pick again and evaluate the test queries once."""
+        if on_phase:
+            on_phase("evaluating the pick on the test queries")
+        plan = self.solve_target(win.method, win.use, win.fixed)
+        assert plan.config is not None  # it fitted during the search
+        index, seconds = compress(plan.config, self.w.data.corpus)
+        test = evaluate_index(index, self.w.test)
+        val_all = study.trials[win.trial].user_attrs.get("validation", {})
+        return Pick(plan, index.nbytes, index.nbytes, val_all, test, {"compress_seconds": seconds})
+
+    def config(self, rec: Recommendation, win: rank.Candidate, pick: Pick) -> dict[str, Any]:
+        """The entries :func:`embadvisor.vectors.build_index` rebuilds the index from."""
+        d, plan = self.w.data, pick.plan
+        return {
+            "memory": {"serve_bytes": rec.serve_bytes, "full_bytes": d.full_bytes,
+                       "breakdown": {k[len("serve:"):]: v for k, v in plan.memory.breakdown.items()
+                                     if k.startswith("serve:")}},
+            "metrics": {"name": rec.metric.name, "validation": rec.metric.validation, "test": rec.metric.test,
+                        "test_all": rec.metric.test_all},
+            "plan": {"name": plan.method, "params": plan.params(), "num_vectors": d.num_vectors, "dim": d.dim,
+                     "similarity": d.similarity},
+        }
 
 
-def _run(search: VectorSearch, study: optuna.Study,
-         on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None) -> None:
-    search.enqueue_defaults(study)
-    finished = sum(1 for t in study.trials if t.state.is_finished())
-    todo = max(0, (1 if search.feasible == [FULL] else search.s.trials) - finished)
-    if todo:
-        study.optimize(search.objective, n_trials=todo, timeout=search.s.time_limit_s, catch=(Exception,),
-                       callbacks=[on_trial] if on_trial else [], gc_after_trial=True)
+class RecallTieBreak(rank.TieBreak):
+    """Ties on the validation metric go to the higher Recall@10 vs exact (a finer-grained signal than nDCG on
+    a few dozen queries), then lower search latency, then fewer bytes, then the simpler method."""
 
+    def __init__(self, metric: str, recall: Mapping[int, float]) -> None:
+        self.basis = self.tied_basis = f"validation {metric}"
+        self.recall = recall  # by trial number
 
-def _choose(study: optuna.Study, cands: list[rank.Candidate], metric: str, eps: float) -> tuple[rank.Candidate, str]:
-    by_trial = {t.number: t for t in study.trials}
+    def pick(self, tied: list[rank.Candidate]) -> tuple[rank.Candidate, str]:
+        win = min(tied, key=lambda c: (-self.recall.get(c.trial, 0.0), c.latency_ms, c.serve_bytes,
+                                       rank.simplicity(c.method)))
+        return win, f"the highest Recall@10 vs exact ({self.recall.get(win.trial, 0.0):.4f}), then the lowest latency"
 
-    def recall(c: rank.Candidate) -> float:
-        return float(by_trial[c.trial].user_attrs.get("validation", {}).get("recall@10_exact", 0.0))
-
-    best = max(cands, key=lambda c: c.value)
-    tied = [c for c in cands if c.value >= best.value - eps]
-    tied.sort(key=lambda c: (-recall(c), c.latency_ms, c.serve_bytes, rank.simplicity(c.method)))
-    win = tied[0]
-    if len(tied) == 1:
-        why = (f"{win.method} has the best validation {metric} ({win.value:.4f}), ahead of the next candidate by more "
-               f"than {eps:.4f}.")
-    else:
-        others = ", ".join(f"{c.method} {c.value:.4f}" for c in tied if c is not win)
-        why = (f"{len(tied)} candidates are within {eps:.4f} of the best validation {metric} ({best.method} "
-               f"{best.value:.4f}); among them {win.method} ({win.value:.4f}) has the highest Recall@10 vs exact "
-               f"({recall(win):.4f}), then the lowest latency (others: {others}).")
-    return win, why
+    def describe(self, c: rank.Candidate) -> str:
+        return f"{c.mean:.4f}"
 
 
 def study_key(workload: VectorWorkload, settings: VectorSearchSettings) -> dict[str, Any]:
@@ -283,87 +303,11 @@ def study_key(workload: VectorWorkload, settings: VectorSearchSettings) -> dict[
     }
 
 
-def recommend_vectors(
-    workload: VectorWorkload,
-    settings: VectorSearchSettings,
-    *,
-    storage: str | None = None,
-    study_name: str | None = None,
-    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
-    on_phase: Callable[[str], None] | None = None,
-    store: Any = None,
-) -> dict[str, Any]:
-    """Search, rank and recommend a compressor for a frozen corpus; the result is also stored on the study."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    started = time.perf_counter()
-    search = VectorSearch(workload, settings)
-    search.check_feasible()
-    key = study_key(workload, settings)
-    name = study_name or default_study_name(key)
-    store = store if store is not None else open_storage(storage)
-    study = make_study(cast(Any, search), store, name, key)
-    if on_phase:
-        on_phase("search")
-    _run(search, study, on_trial)
-    cands = rank.top_candidates(study, settings.top)
-    if not cands:
-        counts = trial_counts(study)
-        raise EmbAdvisorError(f"no trial of study {name!r} completed ({counts['failed']} failed, {counts['pruned']} "
-                              "pruned); see `embadvisor history " + name + "` for the reasons.")
-    metric = workload.metric
-    eps = settings.epsilon if settings.epsilon is not None else 0.005
-    win, why = _choose(study, cands, metric, eps)
-    if on_phase:
-        on_phase("evaluating the pick on the test queries")
-    plan = search.solve_target(win.method, win.use, win.fixed)
-    assert plan.config is not None  # it fitted during the search
-    index, seconds = compress(plan.config, workload.data.corpus)
-    test = evaluate_index(index, workload.test)
-    val_all = study.trials[win.trial].user_attrs.get("validation", {})
-    full_fits = search.feasible == [FULL]
-    if full_fits:
-        why = f"The uncompressed float32 corpus fits the budget ({format_size(search.target_full)}). " + why
-    counts = trial_counts(study)
-    rec: dict[str, Any] = {
-        "method": win.method, "params": plan.params(), "budget_bytes": settings.budget_bytes, "scope": "serve",
-        "serve_bytes": index.nbytes, "train_bytes": index.nbytes, "full_bytes": search.target_full,
-        "ratio": search.ratio, "compress_seconds": seconds,
-        "metric": {"name": metric, "validation": win.value, "test": test.get(metric), "validation_all": val_all,
-                   "test_all": test},
-        "noise_epsilon": eps, "explanation": why, "full_fits": full_fits, "study": name,
-        "storage": display_url(storage or default_storage()), "trials": counts, "ranking": [c.to_dict() for c in cands],
-        "workload": workload.description, "proxy": False, "measured_on": "target data", "extrapolated": [],
-        "infeasible": {m: p.min_budget_bytes for m, p in search.plans.items() if not p.feasible},
-        "seconds": time.perf_counter() - started,
-    }
-    rec["config"] = export_config(workload, settings, plan, rec, win.trial)
-    study.set_user_attr("recommendation", _jsonable(rec))
-    return rec
-
-
-def export_config(workload: VectorWorkload, settings: VectorSearchSettings, plan: VectorPlan, rec: dict[str, Any],
-                  trial: int) -> dict[str, Any]:
-    """The self-contained config :func:`embadvisor.vectors.build_index` rebuilds the index from."""
-    import torch
-
-    d = workload.data
-    return {
-        "embadvisor_config": CONFIG_VERSION, "task": "retrieval", "input": "vectors", "target": d.name,
-        "method": plan.method, "budget_bytes": settings.budget_bytes, "scope": "serve",
-        "memory": {"serve_bytes": rec["serve_bytes"], "full_bytes": d.full_bytes,
-                   "breakdown": {k[len("serve:"):]: v for k, v in plan.memory.breakdown.items()
-                                 if k.startswith("serve:")}},
-        "metrics": {"name": rec["metric"]["name"], "validation": rec["metric"]["validation"],
-                    "test": rec["metric"]["test"], "test_all": rec["metric"]["test_all"]},
-        "plan": {"name": plan.method, "params": plan.params(), "num_vectors": d.num_vectors, "dim": d.dim,
-                 "similarity": d.similarity},
-        "provenance": {
-            "study": rec["study"], "storage": rec["storage"], "data": d.source, "data_fingerprint": d.fingerprint,
-            "seed": settings.seed, "trial": trial,
-            "versions": {"embadvisor": __version__, "torch": torch.__version__, "optuna": optuna.__version__,
-                         "numpy": np.__version__, "python": platform.python_version()},
-        },
-    }
+def recommend_vectors(workload: VectorWorkload, settings: VectorSearchSettings,
+                      **options: Unpack[RunOptions]) -> Recommendation:
+    """Search, rank and recommend a compressor for a frozen corpus; the result is also stored on the study.
+    Options as for :func:`embadvisor.advisor.recommend.run` (one process: no ``workers``)."""
+    return run(VectorSearch(workload, settings), **options)
 
 
 def load_workload(vectors: Path, *, queries: Path | None, qrels: Path | None, doc_ids: Path | None,

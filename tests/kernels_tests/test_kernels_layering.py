@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
+
+from import_graph import imported as _imported
 
 import embadvisor.kernels
 
@@ -13,24 +14,6 @@ KERNELS = Path(embadvisor.kernels.__file__).parent
 # what the kernels may import from the package: themselves and the leaf modules below every layer
 ALLOWED = ("embadvisor.kernels", "embadvisor.errors", "embadvisor.units", "embadvisor.version")
 ABOVE = ("embadvisor.methods", "embadvisor.tasks", "embadvisor.advisor")
-
-
-def _imported(path: Path) -> set[str]:
-    """Every module a file imports (at any depth, relative imports resolved); ``from a import b`` counts as
-    ``a.b`` too, so a lazily re-exported name of ``embadvisor`` is caught."""
-    package = "embadvisor.kernels"
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(parts + ([base] if base else []))
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)
-    return names
 
 
 def test_the_kernels_import_nothing_above_them() -> None:
