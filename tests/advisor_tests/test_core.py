@@ -270,3 +270,28 @@ def test_nothing_feasible_raises_with_the_input_s_words() -> None:
     toy.feasible = []
     with pytest.raises(Exception, match=r"nothing fits\. Minimum budgets: hash 10 B, qr 10 B\."):
         toy.check_feasible()
+
+
+def test_vector_cli_json_keeps_the_keys_and_export_reads_the_stored_recommendation(tmp_path) -> None:
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from embadvisor.advisor.cli import app
+    from embadvisor.build import load_config
+    from embadvisor.testing.vector_contract import small_corpus
+
+    np.save(tmp_path / "docs.npy", small_corpus(300, 16))
+    storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    runner = CliRunner()
+    res = runner.invoke(app, ["recommend", "--task", "retrieval", "--vectors", str(tmp_path / "docs.npy"),
+                              "--budget", "12.5%", "--trials", "3", "--methods", "vec_sq,vec_pq", "--storage",
+                              storage, "--threads", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert list(out) == [k for k in VECTOR_KEYS if k != "config"]
+    assert list(out["metric"]) == ["name", "validation", "test", "validation_all", "test_all"]
+    res = runner.invoke(app, ["export", out["study"], "--storage", storage, "-o", str(tmp_path / "c.json")])
+    assert res.exit_code == 0, res.output
+    cfg = load_config(tmp_path / "c.json")
+    assert cfg["input"] == "vectors" and cfg["method"] == out["method"]
+    assert cfg["memory"]["serve_bytes"] == out["serve_bytes"]
