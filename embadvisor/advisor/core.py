@@ -305,11 +305,13 @@ class Evaluator(ABC):
 
 
 def default_study_name(key: dict[str, Any]) -> str:
+    """``<task>-<target>-<budget>-<scope>-<digest of the whole key>``: one study per distinct search."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{key['task']}-{key['target']}-{format_size(key['budget_bytes']).replace(' ', '')}-{key['scope']}-{digest}"
 
 
 def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
+    """Ask ``trial`` for parameter ``name`` from ``dist`` (a method's search space is data: distributions)."""
     if isinstance(dist, IntDistribution):
         return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
     if isinstance(dist, FloatDistribution):
@@ -317,7 +319,6 @@ def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
     if isinstance(dist, CategoricalDistribution):
         return trial.suggest_categorical(name, dist.choices)
     raise InvalidConfigError(f"unsupported distribution {dist!r} for {name}")
-
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:

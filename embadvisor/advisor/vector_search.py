@@ -17,7 +17,7 @@ search latency, then fewer bytes. The test queries are evaluated once, for the p
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Unpack, cast
@@ -249,7 +249,7 @@ class VectorSearch(Evaluator):
         eps = self.s.epsilon if self.s.epsilon is not None else 0.005
         return rank.choose(cands, eps, RecallTieBreak(self.metric, recall))
 
-    def pick(self, study: optuna.Study, win: rank.Candidate, *, on_phase: Any) -> Pick:
+    def pick(self, study: optuna.Study, win: rank.Candidate, *, on_phase: Callable[[str], None] | None) -> Pick:
         """Compress the corpus with the pick again and evaluate the test queries once."""
         if on_phase:
             on_phase("evaluating the pick on the test queries")
