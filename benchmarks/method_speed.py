@@ -72,7 +72,7 @@ def worker(method: str, ratio: float, reps: int, threads: int, layout: str | Non
     torch.manual_seed(0)
     emb = build_collection(plan)
     rng = np.random.default_rng(0)
-    counts = [np.maximum(1, (1e6 / np.arange(1, t.num_embeddings + 1) ** 1.1)).astype(np.int64) for t in tables]
+    counts = zipf_counts(tables)
     # "sorted": frequency rank r is id r (hot ids share cache lines); "shuffled": a fixed random id per rank,
     # as in data whose ids were assigned without regard to frequency (e.g. Criteo's hashed categories)
     perms = [np.random.default_rng(7 + f).permutation(t.num_embeddings) for f, t in enumerate(tables)] \
@@ -89,8 +89,7 @@ def worker(method: str, ratio: float, reps: int, threads: int, layout: str | Non
     sizes = np.array([t.num_embeddings for t in tables])
     # training batches, then LOOKUP_BATCHES more for the lookups (a lookup takes about a millisecond: many
     # distinct batches keep the median steady on a noisy machine)
-    ranks = [np.stack([np.minimum(rng.zipf(1.1, BATCH) - 1, n - 1) for n in sizes], 1)
-             for _ in range(reps + 2 + LOOKUP_BATCHES)]
+    ranks = zipf_ranks(rng, sizes, reps + 2 + LOOKUP_BATCHES)
     if perms is not None:
         ranks = [np.stack([perm[r[:, f]] for f, perm in enumerate(perms)], 1) for r in ranks]
     batches = [torch.from_numpy(r) for r in ranks[: reps + 2]]
@@ -119,17 +118,35 @@ def worker(method: str, ratio: float, reps: int, threads: int, layout: str | Non
     return out
 
 
-def _trainer(emb):
-    """A timed training step for ``emb`` (FusedSparseAdam on sparse tables, Adam on the rest), and its optimizers."""
+def zipf_counts(tables) -> list:
+    """Per-id counts of each table, Zipf(1.1) by id (id 0 most frequent): what ``prepare`` gets."""
+    import numpy as np
+
+    return [np.maximum(1, (1e6 / np.arange(1, t.num_embeddings + 1) ** 1.1)).astype(np.int64) for t in tables]
+
+
+def zipf_ranks(rng, sizes, count: int) -> list:
+    """``count`` batches of BATCH rows, one Zipf(1.1) frequency rank per table size in ``sizes``."""
+    import numpy as np
+
+    return [np.stack([np.minimum(rng.zipf(1.1, BATCH) - 1, n - 1) for n in sizes], 1) for _ in range(count)]
+
+
+def _trainer(emb, device=None):
+    """A timed training step for ``emb`` (the trainer's sparse Adam for the device on sparse tables: FusedSparseAdam
+    on the CPU, torch's SparseAdam on CUDA; Adam on the rest), and its optimizers. On CUDA each step is timed
+    from a synchronised start to a synchronised end."""
     import torch
 
-    from embadvisor.tasks.optim import FusedSparseAdam
+    from embadvisor.devices import synchronize
+    from embadvisor.tasks.optim import sparse_adam
     from embadvisor.tasks.trainer import backward_step, prefault_sparse_state, with_regularization
 
+    device = torch.device(device or "cpu")
     sparse = emb.sparse_parameters()
     sid = {id(p) for p in sparse}
     dense = [p for p in emb.parameters() if p.requires_grad and id(p) not in sid]
-    opts = ([FusedSparseAdam(sparse, lr=1e-3)] if sparse else []) + \
+    opts = ([sparse_adam(sparse, lr=1e-3)] if sparse else []) + \
            ([torch.optim.Adam(dense, lr=1e-3)] if dense else [])
     for o in opts:
         prefault_sparse_state(o)
@@ -139,21 +156,29 @@ def _trainer(emb):
 
     def step_fn(ids) -> float:
         nonlocal step
+        synchronize(device)
         t = time.perf_counter()
         backward_step(with_regularization(emb, emb(ids).pow(2).mean()), opts)
         step += 1
         emb.on_step(step)
+        synchronize(device)
         return time.perf_counter() - t
 
     return step_fn, opts
 
 
-def _lookup(served, ids) -> float:
+def _lookup(served, ids, device=None) -> float:
+    """Seconds of one forward of ``served`` on ``ids`` (on CUDA: synchronised at both ends)."""
     import torch
 
+    from embadvisor.devices import synchronize
+
+    device = torch.device(device or "cpu")
     with torch.no_grad():
+        synchronize(device)
         t = time.perf_counter()
         served(ids)
+        synchronize(device)
         return time.perf_counter() - t
 
 

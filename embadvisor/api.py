@@ -224,13 +224,18 @@ def train(
     time_limit: str | float | None = None,
     threads: int = DEFAULT_THREADS,
     seed: int = 0,
+    device: str = "auto",
 ) -> Any:
     """Train one method on one dataset to convergence and report validation and test metrics: exactly what
     ``embadvisor train`` does. ``budget`` defaults to
     :data:`~embadvisor.tasks.api.DEFAULT_RATIO` (25%) of the full tables (``full`` ignores it); ``epochs`` is a cap (default 100), early stopping on validation ends sooner.
+    ``device``: ``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; checked before
+    any data is read (:func:`embadvisor.devices.resolve_device`, which also says what a seed guarantees
+    per device).
     Returns a :class:`~embadvisor.tasks.api.TrainReport` (its ``extra["warnings"]`` lists what the CLI
     prints as warnings)."""
     from embadvisor._checks import check_seed
+    from embadvisor.devices import resolve_device
     from embadvisor.methods import get_method
     from embadvisor.tasks.api import DEFAULT_DIM, check_model, convergence_config
     from embadvisor.tasks.api import train as train_task
@@ -245,6 +250,7 @@ def train(
     if epochs is not None and not epochs > 0:
         raise InvalidConfigError(f"`epochs` must be > 0, but got epochs={epochs!r}.")
     limit = _seconds(time_limit, "time_limit")
+    dev = resolve_device(device)
     td = load_task_data(task, data, fmt=fmt, label=label, fields=_names(fields), protocol=protocol, test_path=test,
                         seed=seed)
     dim = dim or DEFAULT_DIM[task]
@@ -252,4 +258,5 @@ def train(
     cfg = convergence_config(
         td, optimizer=optimizer, lr=lr, batch_size=batch_size, seed=seed, threads=threads, patience=patience,
         max_samples=None if epochs is None else max(1, round(epochs * td.num_train)), time_budget_s=limit)
-    return train_task(td, method, budget_bytes=nbytes, scope=scope, model=model, dim=dim, config=cfg, seed=seed)
+    return train_task(td, method, budget_bytes=nbytes, scope=scope, model=model, dim=dim, config=cfg, seed=seed,
+                      device=dev)

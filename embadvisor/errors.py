@@ -41,6 +41,18 @@ class InfeasibleError(EmbAdvisorError):
         super().__init__(text)
 
 
+class DeviceUnavailableError(EmbAdvisorError):
+    """The requested device (``cuda``, ``cuda:N``) does not exist on this machine."""
+
+
+class DeviceOutOfMemory(EmbAdvisorError):
+    """Training or evaluation ran out of memory on the accelerator (a CUDA out-of-memory error).
+
+    The message says what was running, on which device, and the allocator's own reason; a search
+    records the trial as failed with it and goes on (see :mod:`embadvisor.devices`).
+    """
+
+
 class EmbAdvisorWarning(UserWarning):
     """Warnings emitted by embadvisor (turned into errors in the test suite)."""
 

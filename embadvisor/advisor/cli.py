@@ -254,6 +254,11 @@ def methods(
 
 
 # --------------------------------------------------------------------------- train
+# `--device`: train, and any command that trains (the spec is checked by embadvisor.devices.resolve_device)
+DeviceOpt = Annotated[str, typer.Option(help="Where to train: auto (CUDA when available, else the CPU), cpu, cuda or "
+                                             "cuda:N. README: Devices (GPU).")]
+
+
 @app.command()
 @user_errors
 def train(
@@ -284,6 +289,7 @@ def train(
     time_limit: Annotated[str | None, typer.Option(help="Stop training after this long, e.g. 90s, 5m.")] = None,
     threads: Annotated[int, typer.Option(help="torch threads.", min=1)] = DEFAULT_THREADS,
     seed: Annotated[int, typer.Option(help="Seed for splits, initialisation and shuffling.")] = 0,
+    device: DeviceOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Train one method on one dataset and report validation and test metrics."""
@@ -293,7 +299,7 @@ def train(
     result = api_train(data, task=task, method=method, budget=budget, scope=scope, fmt=fmt, label=label,
                        fields=fields, protocol=protocol, test=test, model=model, dim=dim, epochs=epochs,
                        patience=patience, batch_size=batch_size, lr=lr, optimizer=optimizer, time_limit=time_limit,
-                       threads=threads, seed=seed)
+                       threads=threads, seed=seed, device=device)
     for w in result.extra.get("warnings", []):
         report.console_err().print(f"[bold yellow]warning:[/] {w}")
     if as_json:

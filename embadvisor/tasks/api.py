@@ -4,6 +4,13 @@ One code path for every method and both tasks: solve the method's plan for the d
 the budget, build the embedding collection, prepare it with the training-split id counts, build
 the model, train with the generic trainer, export the serving form, evaluate validation (and the
 test split once).
+
+``train(..., device=...)`` trains on a device: the collection and the model are built and prepared
+on the CPU (same initial weights for a seed on every device), then moved with the engine's data
+(see :mod:`embadvisor.devices`). On CUDA the report holds the peak device memory beside the
+analytic training bytes, with a warning where they disagree by more than the framework's overhead
+(:func:`device_memory_warnings`), and an out-of-memory error becomes
+:class:`~embadvisor.errors.DeviceOutOfMemory`.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from embadvisor import devices
 from embadvisor._checks import check_fits_memory
 from embadvisor.defaults import (
     DEFAULT_BATCH,
@@ -38,7 +46,7 @@ from embadvisor.units import format_size
 
 __all__ = ["DEFAULT_BATCH", "DEFAULT_DIM", "DEFAULT_RATIO", "MAX_EPOCHS", "TaskData", "convergence_config",
            "default_batch_size", "TrainReport", "build_task", "check_model", "check_plan_fits_memory",
-           "over_budget_warnings", "plan_for", "serve_bytes_over", "train"]
+           "device_memory_warnings", "model_bytes", "over_budget_warnings", "plan_for", "serve_bytes_over", "train"]
 
 
 def default_batch_size(task: str, num_train: int) -> int:
@@ -164,6 +172,9 @@ class TrainReport:
             "samples_per_second": f.samples_per_second,
             "latency_ms": f.latency_ms,
             "peak_rss_bytes": f.peak_rss_bytes,
+            "device": f.device,
+            "peak_device_bytes": f.peak_device_bytes,
+            "peak_train_device_bytes": f.peak_train_device_bytes,
             "steps": f.steps,
             "samples": f.samples,
             "stopped": f.stopped,
@@ -245,6 +256,7 @@ def train(
     callback: Callable[[int, float, int | None], None] | None = None,
     seed: int = 0,
     engine_options: dict[str, Any] | None = None,
+    device: str | torch.device | None = None,
 ) -> TrainReport:
     """Train ``method`` (or a ready :class:`Plan`) on ``data`` and evaluate it.
 
@@ -260,24 +272,93 @@ def train(
         callback: called with ``(step, validation metric, final-stage samples or None)`` at each evaluation.
         seed: seed for initialisation and shuffling.
         engine_options: keyword arguments for the task engine (e.g. retrieval's ``eval_users``).
+        device: where to train: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` or a ``torch.device``
+            (None: the CPU). See :func:`embadvisor.devices.resolve_device` for what a seed guarantees there.
 
     The report's ``warnings`` list says when the trained serving form holds more bytes than the plan's
     budget (data-dependent methods such as dedup can miss their target on data without enough similar
-    blocks).
+    blocks), and on CUDA when the peak device memory of the training steps and the analytic training
+    bytes disagree by more than the framework's overhead (:func:`device_memory_warnings`).
+
+    Raises:
+        DeviceUnavailableError: ``device`` names CUDA on a machine without it.
+        DeviceOutOfMemory: the tables cannot fit the device, or CUDA ran out of memory while training.
     """
+    dev = devices.resolve_device(device) if device is not None else torch.device("cpu")
     config = config or TrainConfig(seed=seed)
     set_threads(config.threads)
     plan = method if isinstance(method, Plan) else plan_for(
         method, data.tables(dim), budget_bytes, scope=scope, optimizer=config.optimizer, fixed=fixed)
     check_plan_fits_memory(plan, dim)
+    what = (f"training {plan.method} on {len(plan.field_tables)} tables "
+            f"({sum(t.num_embeddings for t in plan.field_tables):,} rows) at dim {dim} with {plan.optimizer}")
+    devices.check_fits_device(plan.memory.train_bytes, dev, what=what,
+                              fix="lower --dim, pass a smaller --budget with a compressing --method, or train on "
+                                  "the CPU (--device cpu)")
     torch.manual_seed(seed)
-    emb = build_collection(plan)
+    emb = build_collection(plan)  # on the CPU: a seed gives the same initial weights on every device
     emb.prepare(data.counts())
     net, engine = build_task(data, emb, model, **(engine_options or {}))
-    result = fit(engine, net, emb, config, callback=callback)
+    dense, extra_buffers = model_bytes(net, emb)
+    with devices.oom_guard(dev, what, plan.memory.train_bytes):
+        if dev.type != "cpu":
+            net.to(dev)
+            # what training will still allocate on the device: the tables' optimizer state, the model's
+            # gradients and Adam moments
+            engine.to(dev, reserve_bytes=plan.memory.optimizer_bytes + 3 * dense)
+        result = fit(engine, net, emb, config, callback=callback)
     warnings = over_budget_warnings(plan, result.serve_bytes, budget_bytes if scope == "serve" else None)
+    if result.peak_train_device_bytes is not None:
+        warnings += device_memory_warnings(plan, result.peak_train_device_bytes, dense_bytes=dense,
+                                           data_bytes=getattr(engine, "device_bytes", 0) + extra_buffers)
     return TrainReport(data.task, plan.method, plan, result, model if data.task == "ctr" else "two-tower",
                        plan.memory.serve_bytes, extra={"warnings": warnings}, model=net, engine=engine)
+
+
+def model_bytes(model: nn.Module, emb: EmbeddingCollection) -> tuple[int, int]:
+    """Bytes of the model's parameters outside the embedding tables (MLPs, towers), and of its buffers
+    outside them (e.g. the two-tower model's history of item ids)."""
+    emb_ids = {id(t) for t in (*emb.parameters(), *emb.buffers())}
+    params = sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in emb_ids)
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers() if id(b) not in emb_ids)
+    return params, buffers
+
+
+#: The framework's overhead on the device that the analytic figures leave out: activations, the
+#: tables' sparse gradients and their coalescing, allocator rounding, cuBLAS workspaces. A training peak
+#: within ``max(OVERHEAD_FLOOR_BYTES, OVERHEAD_SHARE x the accounted bytes)`` above the accounted bytes agrees.
+OVERHEAD_FLOOR_BYTES = 256 * 2**20
+OVERHEAD_SHARE = 0.25
+#: A training peak below this share of the tables' analytic training bytes says the estimate over-counts.
+UNDER_SHARE = 0.9
+
+
+def device_memory_warnings(plan: Plan, peak_train_bytes: int, *, dense_bytes: int = 0, data_bytes: int = 0) -> list[str]:
+    """Warnings when the measured peak device memory of the training steps disagrees with the analytic one.
+
+    The accounted bytes are the tables' analytic training bytes (weights, buffers, optimizer state:
+    ``plan.memory.train_bytes``), plus the model outside the tables with its gradients and Adam moments
+    (4 x ``dense_bytes``), plus the data kept on the device (``data_bytes``: the engine's tensors and the
+    model's buffers outside the tables). The peak agrees when it
+    lies between :data:`UNDER_SHARE` of the tables' bytes and the accounted bytes plus the framework's
+    overhead (``max(OVERHEAD_FLOOR_BYTES, OVERHEAD_SHARE x accounted)``); otherwise one warning says
+    which way it misses and by how much.
+    """
+    analytic = plan.memory.train_bytes
+    accounted = analytic + 4 * dense_bytes + data_bytes
+    overhead = max(OVERHEAD_FLOOR_BYTES, OVERHEAD_SHARE * accounted)
+    parts = (f"the tables' analytic training memory {format_size(analytic)} + the model with its gradients and "
+             f"Adam state {format_size(4 * dense_bytes)} + data on the device {format_size(data_bytes)}")
+    if peak_train_bytes > accounted + overhead:
+        return [f"peak device memory while training {plan.method} was {format_size(peak_train_bytes)}, "
+                f"{format_size(peak_train_bytes - accounted)} above {parts} = {format_size(accounted)}: more than the "
+                f"framework's overhead ({format_size(overhead)}); the analytic figure under-counts this method's "
+                "training memory on the device"]
+    if peak_train_bytes < UNDER_SHARE * analytic:
+        return [f"peak device memory while training {plan.method} was {format_size(peak_train_bytes)}, below "
+                f"{UNDER_SHARE:.0%} of the tables' analytic training memory {format_size(analytic)}: the analytic "
+                "figure over-counts this method's training memory on the device"]
+    return []
 
 
 def serve_bytes_over(limit: float, measured: int) -> bool:

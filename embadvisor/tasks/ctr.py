@@ -3,10 +3,15 @@
 Models see an :class:`~embadvisor.methods.EmbeddingCollection` and never know which compression
 method is inside. Single-valued fields are looked up together; multi-hot fields (padded with -1)
 are sum-pooled per field.
+
+:meth:`CtrEngine.to` puts the engine on the model's device: the whole tensors when they fit there
+(:func:`embadvisor.devices.keep_on_device`), else each batch is cut on the CPU and moved alone.
+Predictions come back to the CPU for the metrics.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from embadvisor import devices
 from embadvisor.errors import UnknownNameError, suggest
 from embadvisor.methods import EmbeddingCollection
 from embadvisor.profiles.schema import TableSpec
@@ -50,6 +56,18 @@ class CtrTensors:
     @property
     def num_dense(self) -> int:
         return 0 if self.dense is None else int(self.dense.shape[1])
+
+    def tensor_bytes(self) -> int:
+        """Bytes of the tensors a device copy holds (ids, multi-hot ids, dense features, labels, splits)."""
+        ts = [self.ids, *self.multi, self.labels, *self.splits.values(), *([self.dense] if self.dense is not None else [])]
+        return sum(t.numel() * t.element_size() for t in ts)
+
+    def to(self, device: torch.device) -> CtrTensors:
+        """A copy with the tensors on ``device`` (tables, counts and policy shared)."""
+        return dataclasses.replace(
+            self, ids=self.ids.to(device), multi=[m.to(device) for m in self.multi],
+            dense=self.dense.to(device) if self.dense is not None else None, labels=self.labels.to(device),
+            splits={k: v.to(device) for k, v in self.splits.items()})
 
 
 class FeatureEmbedder(nn.Module):
@@ -206,6 +224,23 @@ class CtrEngine:
         self.data = data
         self.eval_batch = eval_batch
         self.loss = nn.BCEWithLogitsLoss()
+        #: where batches go (the model's device)
+        self.device = torch.device("cpu")
+        #: the tensors batches are cut from: ``data`` itself, or its copy on the device
+        self.source = data
+        #: bytes of data this engine keeps on a non-CPU device (0 on the CPU, or when batches are moved)
+        self.device_bytes = 0
+
+    def to(self, device: torch.device | str, *, reserve_bytes: int = 0) -> CtrEngine:
+        """Send batches to ``device``; keep the whole data there when it fits (see the module docstring).
+        ``reserve_bytes``: device memory training will still claim (optimizer state, gradients)."""
+        self.device = torch.device(device)
+        nbytes = self.data.tensor_bytes()
+        if self.device.type != "cpu" and devices.keep_on_device(nbytes, self.device, reserve_bytes):
+            self.source, self.device_bytes = self.data.to(self.device), nbytes
+        else:
+            self.source, self.device_bytes = self.data, 0
+        return self
 
     def num_train(self) -> int:
         return int(self.data.splits["train"].numel())
@@ -214,13 +249,17 @@ class CtrEngine:
         return split in self.data.splits and self.data.splits[split].numel() > 0
 
     def _batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
-        d = self.data
-        return d.ids[rows], [m[rows] for m in d.multi], (d.dense[rows] if d.dense is not None else None)
+        """The model's inputs for data rows ``rows``, on the engine's device."""
+        d, dev = self.source, self.device
+        rows = rows.to(d.ids.device)
+        return (d.ids[rows].to(dev), [m[rows].to(dev) for m in d.multi],
+                (d.dense[rows].to(dev) if d.dense is not None else None))
 
     def train_loss(self, model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
-        rows = self.data.splits["train"][idx]
+        d = self.source
+        rows = d.splits["train"][idx.to(d.ids.device)]
         ids, multi, dense = self._batch(rows)
-        return self.loss(model(ids, multi, dense), self.data.labels[rows])
+        return self.loss(model(ids, multi, dense), d.labels[rows].to(self.device))
 
     @torch.no_grad()
     def predict(self, model: nn.Module, rows: torch.Tensor) -> np.ndarray:
@@ -228,7 +267,7 @@ class CtrEngine:
         out = []
         for s in range(0, rows.numel(), self.eval_batch):
             r = rows[s : s + self.eval_batch]
-            out.append(torch.sigmoid(model(*self._batch(r))).numpy())
+            out.append(torch.sigmoid(model(*self._batch(r))).cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
@@ -239,13 +278,16 @@ class CtrEngine:
 
     @torch.no_grad()
     def latency_ms(self, model: nn.Module, batch: int = 4096, repeats: int = 5) -> float:
-        """Median forward time of one inference batch, in milliseconds."""
+        """Median forward time of one inference batch, in milliseconds (on CUDA: from a synchronised start
+        to the synchronised end, so the time is the device's, not the launch's)."""
         model.eval()
         rows = self.data.splits["valid"][:batch] if self.has_split("valid") else self.data.splits["train"][:batch]
         args = self._batch(rows)
         times = []
         for _ in range(repeats):
+            devices.synchronize(self.device)
             t0 = time.perf_counter()
             model(*args)
+            devices.synchronize(self.device)
             times.append(time.perf_counter() - t0)
         return float(np.median(times) * 1000)

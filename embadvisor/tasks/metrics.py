@@ -3,7 +3,7 @@
 Retrieval evaluation scores every item for every user with chunked matrix products into one
 preallocated buffer (a fresh buffer per chunk halves GEMM speed here: page faults), masks each
 user's training items, takes the top K and compares with the held-out items. No approximate
-search is involved.
+search is involved. :func:`topk_items` runs on the device of its vectors (CUDA included).
 """
 
 from __future__ import annotations
@@ -52,15 +52,17 @@ def topk_items(
         chunk: users per matrix product.
 
     Returns:
-        ``[U, k]`` int64 item indices, best first.
+        ``[U, k]`` int64 item indices, best first, on the vectors' device (the scores, the mask and the
+        top-K are computed there; the CSR is copied there once).
     """
     n_users, n_items = user_vecs.shape[0], item_vecs.shape[0]
+    dev = user_vecs.device
     k = min(k, n_items)
-    out = torch.empty((n_users, k), dtype=torch.int64)
+    out = torch.empty((n_users, k), dtype=torch.int64, device=dev)
     item_t = item_vecs.t().contiguous()
-    buf = torch.empty((min(chunk, max(1, n_users)), n_items), dtype=user_vecs.dtype)
+    buf = torch.empty((min(chunk, max(1, n_users)), n_items), dtype=user_vecs.dtype, device=dev)
     indptr = torch.from_numpy(np.asarray(seen_indptr, dtype=np.int64)) if seen_indptr is not None else None
-    items = torch.from_numpy(np.asarray(seen_items, dtype=np.int64)) if seen_items is not None else None
+    items = torch.from_numpy(np.asarray(seen_items, dtype=np.int64)).to(dev) if seen_items is not None else None
     neg_inf = float("-inf")
     for start in range(0, n_users, chunk):
         stop = min(start + chunk, n_users)
@@ -69,9 +71,9 @@ def topk_items(
         if indptr is not None and items is not None:
             lo, hi = int(indptr[start]), int(indptr[stop])
             if hi > lo:
-                counts = (indptr[start + 1 : stop + 1] - indptr[start:stop])
-                rows = torch.repeat_interleave(torch.arange(stop - start), counts)
-                scores.index_put_((rows, items[lo:hi]), torch.tensor(neg_inf, dtype=scores.dtype))
+                counts = (indptr[start + 1 : stop + 1] - indptr[start:stop]).to(dev)
+                rows = torch.repeat_interleave(torch.arange(stop - start, device=dev), counts)
+                scores.index_put_((rows, items[lo:hi]), torch.tensor(neg_inf, dtype=scores.dtype, device=dev))
         out[start:stop] = torch.topk(scores, k, dim=1, sorted=True).indices
     return out
 
@@ -88,7 +90,7 @@ def ranking_metrics_per_user(
     no held-out item are left out (they have no recall), so each array has one float64 entry per user
     with held-out items, in user order. :func:`ranking_metrics` is the mean of these arrays.
     """
-    top_np = top.numpy()
+    top_np = top.cpu().numpy()
     n_users = top_np.shape[0]
     indptr = np.asarray(truth_indptr, dtype=np.int64)
     sizes = np.diff(indptr)

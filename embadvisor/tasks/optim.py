@@ -8,6 +8,14 @@ gradient with torch as before, then reads and writes each row of the parameter a
 once (``embadvisor.kernels.sparse_adam``), with the same float32 operations in the same order.
 Anything the kernel does not take (float64 tables, no compiler, ``EMBADVISOR_NATIVE=0``) runs torch's
 own update.
+
+:func:`sparse_adam` is the one place the sparse Adam is picked by device: :class:`FusedSparseAdam` for
+CPU tables, ``torch.optim.SparseAdam`` for CUDA tables (the C kernel is CPU-only; torch's update runs
+as CUDA kernels). Both apply the same lazy Adam rule (only the rows in the batch move), so a
+method's update rule does not change with the device. A dense Adam over the whole table
+(``torch.optim.Adam(fused=True)`` on a densified gradient) would be a different rule (every row's
+moments decay and every row moves each step) and costs a pass over the whole table per step; it is
+not used (``benchmarks/gpu.py`` times both on the GPU).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from torch.optim import _functional as F  # noqa: N812 - torch's own name for it
 
 from embadvisor import kernels
 
-__all__ = ["FusedSparseAdam"]
+__all__ = ["FusedSparseAdam", "sparse_adam"]
 
 _DENSE_GRAD = "SparseAdam does not support dense gradients, please consider Adam instead"
 
@@ -69,3 +77,14 @@ class FusedSparseAdam(torch.optim.SparseAdam):
                     F.sparse_adam([p], [grad], [exp_avg], [exp_avg_sq], [step], eps=eps, beta1=beta1, beta2=beta2,
                                   lr=lr, maximize=False)
         return loss
+
+
+def sparse_adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """SparseAdam for sparse-gradient ``params``, by their device: :class:`FusedSparseAdam` on the CPU,
+    ``torch.optim.SparseAdam`` elsewhere (CUDA). All of ``params`` must be on one device."""
+    devices = {p.device for p in params}
+    if len(devices) > 1:
+        raise ValueError(f"sparse_adam: the parameters must share one device, but they are on {sorted(map(str, devices))}")
+    if not devices or devices.pop().type == "cpu":
+        return FusedSparseAdam(params, lr=lr)
+    return torch.optim.SparseAdam(params, lr=lr)

@@ -20,6 +20,11 @@ per-user std s = 0.252): 0.0010 at n = 5,000 and 0.0072 at n = 1,000 (the spread
 was 0.0010 and 0.0066). Validation took 34 ms at n = 1,000, 66 ms at 2,000 and 163 ms at 5,000
 against 195 ms for all users (median of 3, 1 thread; nearly all of it the scoring and top-K).
 The test split and ``evaluate(..., full=True)`` always use all users.
+
+Devices: :meth:`RetrievalEngine.to` puts the engine on the model's device (the training pairs whole
+when they fit, see :func:`embadvisor.devices.keep_on_device`, else per batch). Evaluation scores on
+the device (chunked matmul, seen-item mask and top-K there); only the top-K ids come back to the CPU
+for the metrics. Negatives are drawn from a CPU generator on every device.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embadvisor import devices
 from embadvisor.errors import InvalidConfigError
 from embadvisor.methods import EmbeddingCollection
 from embadvisor.profiles.schema import TableSpec
@@ -125,11 +131,14 @@ class TwoTower(nn.Module):
     Both are L2-normalised; scores are cosine similarities.
     """
 
+    history: torch.Tensor | None
+
     def __init__(self, emb: EmbeddingCollection, history: torch.Tensor | None, temperature: float = 0.1) -> None:
         super().__init__()
         self.emb = emb
         d = emb.embedding_dim
-        self.history = history
+        # a buffer, so that .to(device) moves it; not in the state dict (it is data, not learned state)
+        self.register_buffer("history", history, persistent=False)
         self.hist_proj = nn.Linear(d, d, bias=False) if history is not None else None
         if self.hist_proj is not None:
             nn.init.eye_(self.hist_proj.weight)
@@ -201,6 +210,28 @@ class RetrievalEngine:
         q = data.item_counts / max(1, data.item_counts.sum())
         self.log_q = torch.from_numpy(np.log(np.maximum(q, 1e-12))).float()
         self.gen = torch.Generator().manual_seed(0)
+        #: where batches go (the model's device)
+        self.device = torch.device("cpu")
+        #: the training pairs batches are cut from (on the CPU, or copies on the device)
+        self.users, self.items = data.train_users, data.train_items
+        #: bytes of data this engine keeps on a non-CPU device (0 on the CPU, or when batches are moved)
+        self.device_bytes = 0
+
+    def to(self, device: torch.device | str, *, reserve_bytes: int = 0) -> RetrievalEngine:
+        """Send batches to ``device``; keep the training pairs there when they fit (module docstring).
+        ``reserve_bytes``: device memory training will still claim (optimizer state, gradients)."""
+        self.device = torch.device(device)
+        d = self.data
+        self.log_q = self.log_q.to(self.device)
+        nbytes = sum(t.numel() * t.element_size() for t in (d.train_users, d.train_items))
+        if self.device.type != "cpu" and devices.keep_on_device(nbytes, self.device, reserve_bytes):
+            self.users, self.items = d.train_users.to(self.device), d.train_items.to(self.device)
+            self.device_bytes = nbytes
+        else:
+            self.users, self.items, self.device_bytes = d.train_users, d.train_items, 0
+        if self.device.type != "cpu":  # the popularity correction is on the device either way
+            self.device_bytes += self.log_q.numel() * self.log_q.element_size()
+        return self
 
     def num_train(self) -> int:
         return int(self.data.train_users.numel())
@@ -210,30 +241,31 @@ class RetrievalEngine:
 
     def train_loss(self, model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
         assert isinstance(model, TwoTower)
-        users, items = self.data.train_users[idx], self.data.train_items[idx]
+        idx = idx.to(self.users.device)
+        users, items = self.users[idx].to(self.device), self.items[idx].to(self.device)
         u = model.user_vectors(users, exclude=items)
         cand = items
         if self.num_negatives:
             neg = torch.randint(0, self.data.num_items, (self.num_negatives,), generator=self.gen)
-            cand = torch.cat([items, neg])
+            cand = torch.cat([items, neg.to(self.device)])
         v = model.item_vectors(cand)
         logits = u @ v.t() / model.temperature - self.log_q[cand]
         # accidental hits: the same item elsewhere among the candidates is not a negative
         hit = items.unsqueeze(1) == cand.unsqueeze(0)
-        hit[torch.arange(items.numel()), torch.arange(items.numel())] = False
+        diag = torch.arange(items.numel(), device=self.device)
+        hit[diag, diag] = False
         logits = logits.masked_fill(hit, float("-inf"))
-        return F.cross_entropy(logits, torch.arange(items.numel()))
+        return F.cross_entropy(logits, diag)
 
     @torch.no_grad()
     def _vectors(self, model: nn.Module, users: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """User vectors of ``users`` (default: every user) and item vectors of the whole corpus."""
+        """User vectors of ``users`` (default: every user) and item vectors of the whole corpus, on the device."""
         assert isinstance(model, TwoTower)
         model.eval()
         d = self.data
-        if users is None:
-            users = torch.arange(d.num_users)
+        users = torch.arange(d.num_users, device=self.device) if users is None else users.to(self.device)
         uv = torch.cat([model.user_vectors(users[s : s + 8192]) for s in range(0, int(users.numel()), 8192)])
-        items = torch.arange(d.num_items)
+        items = torch.arange(d.num_items, device=self.device)
         iv = torch.cat([model.item_vectors(items[s : s + 65536]) for s in range(0, d.num_items, 65536)])
         return uv, iv
 
@@ -255,7 +287,7 @@ class RetrievalEngine:
         else:
             uv, iv = self._vectors(model, torch.from_numpy(users))
             seen, truth = csr_rows(*seen, users), csr_rows(*truth, users)
-        top = topk_items(uv, iv, max(self.ks), seen_indptr=seen[0], seen_items=seen[1], chunk=self.eval_chunk)
+        top = topk_items(uv, iv, max(self.ks), seen_indptr=seen[0], seen_items=seen[1], chunk=self.eval_chunk).cpu()
         if self.eval_users is None:
             return ranking_metrics(top, truth[0], truth[1], self.ks)
         per_user = ranking_metrics_per_user(top, truth[0], truth[1], self.ks)
@@ -267,14 +299,17 @@ class RetrievalEngine:
 
     @torch.no_grad()
     def latency_ms(self, model: nn.Module, batch: int = 1024, repeats: int = 5) -> float:
-        """Median time to embed a batch of users and score them against the whole corpus (ms)."""
+        """Median time to embed a batch of users and score them against the whole corpus (ms; on CUDA from
+        a synchronised start to the synchronised end)."""
         assert isinstance(model, TwoTower)
         model.eval()
         _, iv = self._vectors(model)
-        users = torch.arange(min(batch, self.data.num_users))
+        users = torch.arange(min(batch, self.data.num_users), device=self.device)
         times = []
         for _ in range(repeats):
+            devices.synchronize(self.device)
             t0 = time.perf_counter()
             torch.topk(model.user_vectors(users) @ iv.t(), min(20, self.data.num_items), dim=1)
+            devices.synchronize(self.device)
             times.append(time.perf_counter() - t0)
         return float(np.median(times) * 1000)

@@ -5,11 +5,16 @@ regulariser, gives sparse-gradient parameters a sparse optimizer (row-wise updat
 Criteo-size table trains almost as fast as a small one), evaluates on validation every N steps,
 reports each evaluation to a callback (the advisor's pruner), stops early on validation, restores
 the best state, exports the serving form and evaluates the test split once at the end.
+
+Devices: ``fit`` trains where the model is (``embadvisor.tasks.api.train(device=...)`` moves the model
+and the engine's data there). The batch order comes from a CPU generator on every device; on CUDA
+the sparse tables get ``torch.optim.SparseAdam`` (:func:`embadvisor.tasks.optim.sparse_adam`), the
+best state is kept on the CPU, and the peak device memory is measured separately for the training
+steps and for the evaluations (:class:`FitResult`).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import resource
 import time
@@ -20,11 +25,12 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from embadvisor import devices
 from embadvisor._constraints import Interval, Options, validate_fields
 from embadvisor.errors import EmbAdvisorError
 from embadvisor.kernels.hugepages import hugepage_empty
 from embadvisor.methods import EmbeddingCollection, Stage
-from embadvisor.tasks.optim import FusedSparseAdam
+from embadvisor.tasks.optim import sparse_adam
 
 __all__ = ["FitResult", "TrainConfig", "TrainingDiverged", "TaskEngine", "curve_rise", "default_eval_every", "fit",
            "planned_steps", "set_threads", "stage_plan"]
@@ -61,6 +67,10 @@ class TrainConfig:
         threads: torch intra-op threads (None = leave as is).
         keep_best: restore the best validation state at the end.
         evaluate_test: evaluate the test split at the end (off during model selection).
+
+    The device is not a training setting: training runs where the model is
+    (``embadvisor.tasks.api.train(device=...)``), so settings stored on a study stay valid for a
+    worker on a machine with another device.
     """
 
     optimizer: str = field(default="adam", metadata={"constraint": Options({"adam", "adagrad", "sgd"})})
@@ -124,6 +134,15 @@ class FitResult:
     rise: float | None = None
     eval_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: where it trained (``"cpu"``, ``"cuda:0"``)
+    device: str = "cpu"
+    #: peak bytes of live tensors on the device over the whole run (``torch.cuda.max_memory_allocated``
+    #: after ``reset_peak_memory_stats`` at the start of ``fit``; the model and data already there
+    #: count); None on the CPU
+    peak_device_bytes: int | None = None
+    #: the same peak over the training steps only (evaluations, export and the test split left out):
+    #: what the analytic training bytes estimate, plus the model, the data and the activations
+    peak_train_device_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -132,7 +151,8 @@ class FitResult:
             "samples_per_second": self.samples_per_second, "latency_ms": self.latency_ms,
             "peak_rss_bytes": self.peak_rss_bytes, "stopped": self.stopped, "converged": self.converged,
             "rise_last_quarter": self.rise, "curve": self.curve, "final_stage_from": self.final_stage_from,
-            "eval_seconds": self.eval_seconds,
+            "eval_seconds": self.eval_seconds, "device": self.device, "peak_device_bytes": self.peak_device_bytes,
+            "peak_train_device_bytes": self.peak_train_device_bytes,
         }
 
     @property
@@ -255,7 +275,7 @@ def _optimizers(model: nn.Module, emb: EmbeddingCollection, cfg: TrainConfig) ->
         if groups:
             opts.append(torch.optim.Adam(groups))
         if sparse:
-            opts.append(FusedSparseAdam(sparse, lr=elr))
+            opts.append(sparse_adam(sparse, lr=elr))  # FusedSparseAdam on the CPU, torch's SparseAdam on CUDA
             prefault_sparse_state(opts[-1])
     elif cfg.optimizer == "adagrad":
         if groups:
@@ -274,6 +294,41 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+class _DevicePeaks:
+    """Peak device memory of the training steps and of the whole run (CUDA; None on the CPU).
+
+    The peak counter is reset at the start and around every evaluation, so the training peak leaves
+    the evaluations (scoring buffers, larger eval batches) out."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.on = device.type == "cuda"
+        self.train = 0
+        self.all = 0
+        if self.on:
+            devices.reset_peak_memory(device)
+
+    def _take(self) -> int:
+        peak = devices.peak_memory(self.device) or 0
+        devices.reset_peak_memory(self.device)
+        self.all = max(self.all, peak)
+        return peak
+
+    def training_done(self) -> None:
+        """Close a stretch of training steps (before an evaluation or the end)."""
+        if self.on:
+            self.train = max(self.train, self._take())
+
+    def other_done(self) -> None:
+        """Close a stretch of other work (an evaluation, export, the test split)."""
+        if self.on:
+            self._take()
+
+    def result(self) -> tuple[int | None, int | None]:
+        """(peak over the run, peak over the training steps); (None, None) on the CPU."""
+        return (self.all, self.train) if self.on else (None, None)
+
+
 def fit(
     engine: TaskEngine,
     model: nn.Module,
@@ -287,6 +342,8 @@ def fit(
     of samples the final stage has trained so far (None during earlier stages).
     """
     set_threads(cfg.threads)
+    device = devices.module_device(model)
+    peaks = _DevicePeaks(device)
     n = engine.num_train()
     stages = emb.stages
     stage_steps, eval_every = stage_plan(cfg, n, stages)
@@ -307,9 +364,11 @@ def fit(
     def evaluate(final_stage: bool) -> bool:
         """Evaluate; return True to stop early."""
         nonlocal best_value, best_state, bad_evals, eval_time
+        peaks.training_done()
         t0 = time.perf_counter()
         value = engine.evaluate(model, "valid")[engine.metric]
         eval_time += time.perf_counter() - t0
+        peaks.other_done()
         history.append((step, value))
         curve.append((samples, value))
         if callback is not None:
@@ -319,11 +378,11 @@ def fit(
         if sign * value > best_value + cfg.min_delta:
             best_value, bad_evals = sign * value, 0
             if cfg.keep_best:
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = devices.snapshot_state(model)
         else:
             if sign * value > best_value and cfg.keep_best:  # better, but not by min_delta: still keep it
                 best_value = sign * value
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = devices.snapshot_state(model)
             bad_evals += 1
         return cfg.patience > 0 and bad_evals >= cfg.patience
 
@@ -356,6 +415,7 @@ def fit(
             step += 1
             samples += int(idx.numel())
             emb.on_step(step)
+            devices.synchronize(device)  # CUDA: the step's queued work belongs to this step's time
             dt = time.perf_counter() - t0
             train_time += dt
             stage_time += dt
@@ -370,6 +430,7 @@ def fit(
             break
     if not history or history[-1][0] != step:
         evaluate(True)
+    peaks.training_done()
     if best_state is not None:
         model.load_state_dict(best_state)
     emb.export()
@@ -378,6 +439,8 @@ def fit(
     eval_time += time.perf_counter() - t0
     test = engine.evaluate(model, "test") if cfg.evaluate_test and engine.has_split("test") else None
     latency = engine.latency_ms(model)
+    peaks.other_done()
+    peak_all, peak_train = peaks.result()
     result = FitResult(
         validation=validation,
         test=test,
@@ -394,6 +457,9 @@ def fit(
         final_stage_from=final_from,
         converged=converged,
         eval_seconds=eval_time,
+        device=str(device),
+        peak_device_bytes=peak_all,
+        peak_train_device_bytes=peak_train,
     )
     result.rise = curve_rise(result.final_curve, sign)
     return result
