@@ -24,8 +24,13 @@
 2 repetitions, small DLRM data, methods in this process, and ``recommend`` only checked for its option.
 ``--device cuda`` on a machine without CUDA exits with status 2 and one line.
 
+On a GPU machine with one command limited to 10 minutes, run it in two calls of about 4-5 minutes each
+(estimates, not yet measured): ``--only methods,adam`` and then ``--only dlrm,recommend``. Every line
+is printed as soon as it is measured, so a call that is cut off still leaves its finished lines.
+
 Usage: python benchmarks/gpu.py [--device cuda] [--quick] [--only methods,adam,dlrm,recommend]
-       [--methods a,b] [--budget 0.5] [--reps 5] [--threads N] [--method-timeout 120] [--recommend-time-limit 4m]
+       [--methods a,b] [--budget 0.5] [--reps 5] [--threads N] [--[no-]isolate] [--method-timeout 60]
+       [--recommend-time-limit 3m]
 """
 
 from __future__ import annotations
@@ -118,14 +123,15 @@ def method_worker(method: str, ratio: float, reps: int, device_spec: str, quick:
 
 
 def run_method(method: str, args, layout: str | None = None) -> dict:
-    """:func:`method_worker` in this process (``--quick``) or in a fresh one with a timeout."""
-    if args.quick:
+    """:func:`method_worker` in this process (``--quick``) or in a fresh one with a timeout (``--isolate``)."""
+    if not args.isolate:
         try:
             return method_worker(method, args.budget, args.reps, args.device, True, layout, args.threads)
         except Exception as e:  # report and go on, as the isolated runs do
             return {"method": method, "feasible": False, "reason": f"failed: {type(e).__name__}: {e}"[:300]}
     cmd = [sys.executable, __file__, "--worker", method, "--budget", str(args.budget), "--reps", str(args.reps),
-           "--device", args.device, "--threads", str(args.threads)] + (["--layout", layout] if layout else [])
+           "--device", args.device, "--threads", str(args.threads)] + (["--layout", layout] if layout else []) + \
+          (["--quick"] if args.quick else [])
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.method_timeout)
     except subprocess.TimeoutExpired:
@@ -180,7 +186,7 @@ def section_adam(args, device) -> None:
     rows_list = (1000, 10_000) if args.quick else (100_000, 1_000_000, 33_762_577)
     reps = 3 if args.quick else 10
     print(f"\n## 2. one table at d=16, batch {method_speed.BATCH * method_speed.FIELDS} lookups: the trainer's "
-          f"sparse Adam against a dense Adam on {device} (step ms, median of {reps})", flush=True)
+          f"sparse Adam against a dense Adam on {device}, uniform random ids (step ms, median of {reps})", flush=True)
     gen = torch.Generator().manual_seed(0)
     for rows in rows_list:
         out = []
@@ -336,18 +342,21 @@ def main() -> None:
     ap.add_argument("--methods", help="methods of section 1 (default: every registered method)")
     ap.add_argument("--budget", type=float, default=0.5, help="share of the full tables each method is solved at")
     ap.add_argument("--reps", type=int, default=None, help="timed steps per stage (default 5; --quick 2)")
-    ap.add_argument("--method-timeout", type=float, default=120.0, help="seconds per method process")
+    ap.add_argument("--method-timeout", type=float, default=60.0, help="seconds per method process")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: all CPUs, at most 16): the CPU DLRM run and host-side work")
-    ap.add_argument("--recommend-time-limit", default="4m", help="recommend's --time-limit (none: no limit)")
-    ap.add_argument("--recommend-timeout", type=float, default=900.0, help="seconds before recommend is stopped")
+    ap.add_argument("--recommend-time-limit", default="3m", help="recommend's --time-limit (none: no limit)")
+    ap.add_argument("--recommend-timeout", type=float, default=420.0, help="seconds before recommend is stopped")
+    ap.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
+                    help="each method in its own process (default: yes, but not with --quick)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--layout", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.reps = args.reps or (2 if args.quick else 5)
     args.threads = args.threads or max(1, min(os.cpu_count() or 1, 16))
+    args.isolate = not args.quick if args.isolate is None else args.isolate
     if args.worker:
-        print(json.dumps(method_worker(args.worker, args.budget, args.reps, args.device, False, args.layout,
+        print(json.dumps(method_worker(args.worker, args.budget, args.reps, args.device, args.quick, args.layout,
                                        args.threads)))
         return
     from embadvisor import devices

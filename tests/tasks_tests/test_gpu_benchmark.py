@@ -36,3 +36,12 @@ def test_quick_cpu_run_prints_every_section() -> None:
     assert not missing, f"methods missing from section 1: {missing}\n{out}"
     assert "failed" not in out and "crashed" not in out, out
     assert "samples/s" in out
+
+
+@pytest.mark.slow
+def test_methods_in_their_own_processes() -> None:
+    res = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--quick", "--isolate", "--threads", "1",
+                          "--only", "methods", "--methods", "hash,int16"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = {line.split()[0]: line for line in res.stdout.splitlines() if line.strip()}
+    assert "hash" in rows and "int16" in rows and "crashed" not in res.stdout and "timed out" not in res.stdout, res.stdout
