@@ -89,6 +89,7 @@ class RecommendJob:
     workers: int = 1
     heartbeat: int | None = None
     output: Path | None = None
+    device: str = "cpu"
 
     def run(self, *, on_trial: Callable[..., None] | None = None,
             on_phase: Callable[[str], None] | None = None) -> Recommendation:
@@ -97,7 +98,7 @@ class RecommendJob:
 
         rec = run_recommend(self.workload, self.settings, storage=self.storage, study_name=self.study,
                             on_trial=on_trial, on_phase=on_phase, store=self.store, workers=self.workers,
-                            heartbeat_s=self.heartbeat)
+                            heartbeat_s=self.heartbeat, device=self.device)
         rec = dataclasses.replace(rec, budget=str(self.budget))
         if self.output is not None:
             from embadvisor.build import write_config
@@ -130,6 +131,7 @@ def prepare_recommend(
     workers: int = 1,
     heartbeat: int | None = None,
     output: str | Path | None = None,
+    device: str = "auto",
     on_phase: Callable[[str], None] | None = None,
 ) -> RecommendJob:
     """Every check of :func:`recommend` on its inputs (before any data is read), then the workload and the
@@ -158,6 +160,9 @@ def prepare_recommend(
     for m in method_list or ():
         get_method(m)
     rung_list = _rungs(rungs)
+    from embadvisor.devices import resolve_device
+
+    dev = str(resolve_device(device))  # `cuda` on a machine without CUDA is refused here
     if workers > 1:
         from embadvisor.advisor.distributed import check_parallel_storage
 
@@ -176,7 +181,7 @@ def prepare_recommend(
         task, nbytes, num_train=workload.data.num_train, batch_size=batch_size, lr=lr, threads=threads, seed=seed,
         rungs=rung_list, scope=scope, model=model, methods=tuple(method_list) if method_list else None,
         trials=trials, time_limit_s=limit)
-    return RecommendJob(workload, settings, store, parsed, storage, study, workers, heartbeat, out)
+    return RecommendJob(workload, settings, store, parsed, storage, study, workers, heartbeat, out, dev)
 
 
 def recommend(
@@ -193,8 +198,8 @@ def recommend(
     profile file or a :class:`~embadvisor.profiles.WorkloadProfile`: the target the budget applies to;
     ``data`` is what is trained), ``scope`` (``"serve"``), ``fmt``, ``label``, ``fields``, ``model``
     (``"dlrm"``), ``methods``, ``trials``, ``rungs``, ``time_limit`` (seconds or ``"10m"``), ``storage``,
-    ``study``, ``batch_size``, ``lr``, ``threads``, ``seed``, ``workers``, ``heartbeat`` and ``output``
-    (writes the config, ``.toml`` or ``.json``). Every check on the inputs runs before any data is read
+    ``study``, ``batch_size``, ``lr``, ``threads``, ``seed``, ``workers``, ``heartbeat``, ``device``
+    (``"auto"``: CUDA when available) and ``output`` (writes the config, ``.toml`` or ``.json``). Every check on the inputs runs before any data is read
     or any search starts (:func:`prepare_recommend`). Returns the
     :class:`~embadvisor.advisor.result.Recommendation` (also stored on the study; it reads as a mapping of
     its ``to_dict()`` form too); ``on_trial``/``on_phase`` report progress.

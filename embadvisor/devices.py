@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = ["DEVICE_CHOICES", "RESIDENT_SHARE", "check_device_spec", "check_fits_device", "describe",
-           "is_device_oom", "keep_on_device", "module_device", "oom_guard", "peak_memory", "reset_peak_memory",
-           "resident_fits", "resolve_device", "snapshot_state", "synchronize"]
+           "is_device_oom", "keep_on_device", "module_device", "oom_guard", "peak_memory", "release_device_memory",
+           "reset_peak_memory", "resident_fits", "resolve_device", "snapshot_state", "synchronize"]
 
 #: What ``--device`` accepts.
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
@@ -252,3 +252,10 @@ def snapshot_state(module: nn.Module) -> dict[str, Any]:
         return copy.deepcopy(state)
     return {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else copy.deepcopy(v)
             for k, v in state.items()}
+
+
+def release_device_memory() -> None:
+    """Return the CUDA caching allocator's unused blocks to the device (after a trial that ran out of memory,
+    so the next one starts with the memory free); nothing on a machine without CUDA."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -100,3 +100,31 @@ def test_pareto_takes_shares(shared_data, tmp_path, monkeypatch) -> None:
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)["rows"]
     assert [round(r["budget_share"], 6) for r in rows] == [0.1, 0.5]
+
+
+@pytest.mark.parametrize("cmd", [["recommend", "--budget", "10%"], ["pareto", "--budgets", "10%,50%"],
+                                 ["worker", "--study", "x", "--storage", "x.log"]])
+def test_device_cuda_without_cuda_is_one_line_before_any_work(cmd, tmp_path, monkeypatch) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, [*cmd, "--device", "cuda"])
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.output
+    assert "no CUDA device" in res.stderr
+    assert not list(tmp_path.iterdir())  # nothing prepared, no storage created
+
+
+def test_local_workers_take_one_gpu_each_or_the_given_device() -> None:
+    import torch
+
+    from embadvisor.advisor.distributed import worker_device
+
+    assert worker_device("cpu", 3) == "cpu"
+    assert worker_device("cuda:1", 0) == "cuda:1"
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        assert [worker_device("cuda", i) for i in range(2 * n)] == [f"cuda:{i % n}" for i in range(2 * n)]
+    else:
+        assert worker_device("auto", 2) == "cpu"

@@ -363,6 +363,7 @@ def recommend(
     lr: LrOpt = DEFAULT_LR,
     threads: ThreadsOpt = DEFAULT_THREADS,
     seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the chosen config (.toml or .json).")]
     = None,
@@ -445,7 +446,8 @@ def recommend(
             budget, task=task, data=data, profile=profile_spec, scope=budget_scope, fmt=fmt, label=label,
             fields=fields, model=model, methods=method_list, trials=trials, rungs=rungs, time_limit=limit,
             storage=storage, study=study, batch_size=batch_size, lr=lr, threads=threads, seed=seed,
-            workers=workers, heartbeat=heartbeat, output=output, on_phase=lambda m: err.print(f"[dim]{m}...[/]"))
+            workers=workers, heartbeat=heartbeat, output=output, device=device,
+        on_phase=lambda m: err.print(f"[dim]{m}...[/]"))
         err.print(f"[dim]{job.workload.description}[/]")
         with report.SearchProgress(None, limit, enabled=not as_json) as progress:
             rec = job.run(on_trial=progress.on_trial, on_phase=progress.on_phase)
@@ -468,6 +470,7 @@ def worker(
     heartbeat: Annotated[int | None, typer.Option(help="Heartbeat interval in seconds on database storages.",
                                                   min=1)] = None,
     quiet: Annotated[bool, typer.Option(help="No per-trial lines.")] = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Join a study and run its trials until the study's trial or time budget is reached (one process)."""
     from embadvisor.advisor import report
@@ -482,7 +485,11 @@ def worker(
             err.print(f"trial {t.number}: {t.state.name.lower()} {t.user_attrs.get('method', '')} "
                       f"{'' if t.value is None else f'{t.value:.4f}'}")
 
-    counts = run_worker(open_storage(storage, heartbeat_s=heartbeat), study, threads=threads, on_trial=on_trial)
+    from embadvisor.devices import resolve_device
+
+    dev = str(resolve_device(device))  # this worker's machine decides
+    counts = run_worker(open_storage(storage, heartbeat_s=heartbeat), study, threads=threads, on_trial=on_trial,
+                        device=dev)
     err.print(f"study {study}: {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed")
 
 
@@ -574,6 +581,7 @@ def pareto(
     lr: LrOpt = DEFAULT_LR,
     threads: ThreadsOpt = DEFAULT_THREADS,
     seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: rows and knee.")] = False,
 ) -> None:
     """Memory-quality frontier: one pruned search per budget on the same data, with the knee."""
@@ -588,6 +596,9 @@ def pareto(
     if budget_scope not in ("serve", "train"):
         raise fail(f"--budget-scope must be serve or train, but got {budget_scope!r}.")
     parse_budget_items(budgets)  # checked before any data is read
+    from embadvisor.devices import resolve_device
+
+    dev = str(resolve_device(device))
     check_common(seed=seed, storage=storage)
     from embadvisor.tasks.api import check_model
 
@@ -616,7 +627,7 @@ def pareto(
         return report.SearchProgress(None, limit, enabled=not as_json)
 
     result = run_pareto(workload, settings, sizes, storage=storage, study_prefix=study, store=store,
-                        on_budget=on_budget)
+                        on_budget=on_budget, device=dev)
     if as_json:
         emit_json(result)
     else:

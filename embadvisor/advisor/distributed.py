@@ -64,6 +64,21 @@ def log_name(study: str) -> str:
     return f"{safe or 'study'}-{hashlib.sha256(study.encode()).hexdigest()[:8]}"
 
 
+def worker_device(device: str, i: int) -> str:
+    """The device of local worker ``i``: ``cuda:{i mod GPUs}`` when ``device`` means CUDA without an index,
+    else ``device`` itself."""
+    from embadvisor.devices import resolve_device
+
+    if device == "cpu" or ":" in device:
+        return device
+    resolved = resolve_device(device)
+    if resolved.type != "cuda":
+        return "cpu"
+    import torch
+
+    return f"cuda:{i % max(1, torch.cuda.device_count())}"
+
+
 def load_study_spec(store: Any, name: str) -> tuple[optuna.Study, dict[str, Any]]:
     """The study and its stored spec; clear errors for an unknown or foreign study."""
     names = optuna.get_all_study_names(store)
@@ -85,8 +100,10 @@ def run_worker(
     *,
     threads: int = 1,
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+    device: str = "cpu",
 ) -> dict[str, int]:
-    """Join study ``name`` and run trials until its trial or time budget is reached; returns the counts."""
+    """Join study ``name`` and run trials until its trial or time budget is reached; returns the counts.
+    ``device`` is where this worker trains (its own machine's; not part of the study)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are user attrs, shown by history
     _, spec = load_study_spec(store, name)
     settings = SearchSettings.from_dict(spec["settings"])
@@ -100,7 +117,7 @@ def run_worker(
             f"{workload.data.fingerprint}, but study {name!r} was created with data fingerprint "
             f"{stored.get('data_fingerprint')}. Give the worker the same data file the study was created with."
         )
-    search = Search(workload, settings)
+    search = Search(workload, settings, device=device)
     key = study_key(workload, settings)
     try:
         study = make_study(search, store, name, key, sampler_seed=settings.seed * 7919 + os.getpid())
@@ -124,9 +141,12 @@ def run_local_workers(
     heartbeat_s: int | None = None,
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
     poll_s: float = 1.0,
+    device: str = "cpu",
 ) -> None:
     """Start ``workers`` worker processes on this machine (``threads`` torch threads in all, split between
-    them) and wait for them, reporting finished trials through ``on_trial``."""
+    them) and wait for them, reporting finished trials through ``on_trial``. With ``device`` on CUDA
+    (``cuda``, or ``auto`` on a machine with CUDA) and no GPU index given, worker ``i`` trains on GPU
+    ``i mod (number of GPUs)``: one worker per GPU when ``workers`` equals the GPUs."""
     check_parallel_storage(storage_url)
     per = max(1, threads // workers)
     logs = cache_dir() / "workers"
@@ -137,7 +157,7 @@ def run_local_workers(
     for i in range(workers):
         log = logs / f"{log_name(study.study_name)}-{i}.log"
         cmd = [sys.executable, "-m", "embadvisor", "worker", "--study", study.study_name,
-               "--threads", str(per), "--quiet"]
+               "--threads", str(per), "--quiet", "--device", worker_device(device, i)]
         if heartbeat_s:
             cmd += ["--heartbeat", str(heartbeat_s)]
         with open(log, "wb") as fh:

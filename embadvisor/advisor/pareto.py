@@ -106,8 +106,9 @@ def run_pareto(
     study_prefix: str | None = None,
     store: Any = None,
     on_budget: Callable[[int, int], Any] | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """One ``recommend()`` per budget on ``workload``; rows, frontier and knee.
+    """One ``recommend()`` per budget on ``workload`` (training on ``device``); rows, frontier and knee.
 
     Args:
         workload: the workload (see :func:`build_workload`), shared by every budget.
@@ -174,10 +175,10 @@ def run_pareto(
         try:
             if progress is not None:
                 with progress:
-                    rec = recommend(workload, s, storage=storage, study_name=name, store=store,
+                    rec = recommend(workload, s, storage=storage, study_name=name, store=store, device=device,
                                     on_trial=progress.on_trial, on_phase=progress.on_phase)
             else:
-                rec = recommend(workload, s, storage=storage, study_name=name, store=store)
+                rec = recommend(workload, s, storage=storage, study_name=name, store=store, device=device)
         except InfeasibleError as e:  # not expected after the check above; kept as a row all the same
             row["reason"] = _one_line(str(e))
             rows.append(row)

@@ -66,7 +66,8 @@ class RunOptions(TypedDict, total=False):
     heartbeat_s: int | None
 
 
-def recommend(workload: Workload, settings: SearchSettings, **options: Unpack[RunOptions]) -> Recommendation:
+def recommend(workload: Workload, settings: SearchSettings, *, device: str = "cpu",
+              **options: Unpack[RunOptions]) -> Recommendation:
     """Calibrate, search, re-train the finalists to convergence, rank and recommend (embedding tables).
 
     The recommendation (also stored on the study) reports the pick's validation metric as the mean and
@@ -81,8 +82,10 @@ def recommend(workload: Workload, settings: SearchSettings, **options: Unpack[Ru
 
     ``workers > 1`` runs the trials in that many local worker processes on a shareable ``storage``
     (a journal file or a database URL); the torch threads are split between them. See :class:`RunOptions`.
+    ``device`` is where this process trains (``cpu``, ``cuda``, ``cuda:N``, ``auto``); local workers on a
+    machine with several GPUs take one GPU each.
     """
-    return run(Search(workload, settings), **options)
+    return run(Search(workload, settings, device=device), **options)
 
 
 def run(
@@ -120,7 +123,7 @@ def run(
     if workers > 1:
         assert storage is not None
         run_local_workers(study, storage, workers, threads=ev.worker_threads, heartbeat_s=heartbeat_s,
-                          on_trial=on_trial)
+                          on_trial=on_trial, device=getattr(ev, "device", "cpu"))
     else:
         run_study(ev, study, on_trial=on_trial, deadline=search_deadline)
     cands = rank.top_candidates(study, ev.n_finalists)

@@ -54,7 +54,8 @@ from embadvisor.advisor.result import TrainingEvidence
 from embadvisor.advisor.schedule import Calibration, Schedule, estimate_seconds, rung_of, schedule_from
 from embadvisor.advisor.workloads import Workload
 from embadvisor.defaults import DEFAULT_LR, DEFAULT_THREADS
-from embadvisor.errors import InvalidConfigError
+from embadvisor.devices import release_device_memory
+from embadvisor.errors import DeviceOutOfMemory, InvalidConfigError
 from embadvisor.methods import Plan, get_method, list_methods, solve
 from embadvisor.tasks.api import TrainReport, convergence_config, serve_bytes_over, train
 from embadvisor.tasks.trainer import TrainConfig, TrainingDiverged, default_eval_every
@@ -201,9 +202,12 @@ class Search(Evaluator):
     """The embedding-table input of the one search/recommend pipeline (:class:`~embadvisor.advisor.core.Evaluator`):
     feasibility, trials trained rung by rung, finalists re-trained with fresh seeds. See the module docstring."""
 
-    def __init__(self, workload: Workload, settings: SearchSettings) -> None:
+    def __init__(self, workload: Workload, settings: SearchSettings, *, device: str = "cpu") -> None:
         self.w = workload
         self.s = settings
+        #: where this process trains (``cpu``, ``cuda``, ``cuda:N``): not part of the study key, so workers on
+        #: other machines use their own
+        self.device = device
         self.dim = workload.dim
         self.target_tables = workload.target.tables()
         self.proxy_tables = workload.data.tables(self.dim)
@@ -325,9 +329,13 @@ class Search(Evaluator):
 
         try:
             rep = train(self.w.data, proxy, model=self.s.model, dim=self.dim, config=cfg, callback=report,
-                        seed=self.s.seed, engine_options=self.engine_options(sampled=True))
+                        seed=self.s.seed, engine_options=self.engine_options(sampled=True), device=self.device)
         except TrainingDiverged as e:
             trial.set_user_attr("failure", str(e))
+            raise
+        except DeviceOutOfMemory as e:  # recorded as a failed trial; the search goes on with the memory freed
+            trial.set_user_attr("failure", str(e))
+            release_device_memory()
             raise
         f = rep.fit
         trial.set_user_attr("measured_proxy_serve_bytes", f.serve_bytes)
@@ -342,7 +350,9 @@ class Search(Evaluator):
             "validation": f.validation, "train_seconds": f.train_seconds, "latency_ms": f.latency_ms,
             "samples": f.samples, "steps": f.steps, "stopped": f.stopped, "converged": f.converged, "rise": f.rise,
             "curve": [[int(a), float(v)] for a, v in f.curve],
-            "final_curve": [[int(a), float(v)] for a, v in f.final_curve]})
+            "final_curve": [[int(a), float(v)] for a, v in f.final_curve],
+            "device": f.device, "peak_device_bytes": f.peak_device_bytes,
+            "peak_train_device_bytes": f.peak_train_device_bytes})
 
     def calibrate(self, time_cap_s: float | None = None) -> Calibration:
         """Train the simplest feasible single-stage method with early stopping and measure its convergence
@@ -358,7 +368,7 @@ class Search(Evaluator):
                                  time_budget_s=cap, **self.lr_fields(t.lr))
         t0 = time.perf_counter()
         rep = train(self.w.data, proxy, model=self.s.model, dim=self.dim, config=cfg, seed=self.s.seed,
-                    engine_options=self.engine_options(sampled=True))
+                    engine_options=self.engine_options(sampled=True), device=self.device)
         f = rep.fit
         best_at, best = max(f.final_curve, key=lambda p: (p[1], -p[0])) if f.final_curve else (f.samples, math.nan)
         return Calibration(method=method, horizon_samples=int(max(best_at, every)), samples_trained=f.samples,
@@ -382,7 +392,7 @@ class Search(Evaluator):
                                  threads=t.threads, evaluate_test=False, time_budget_s=cap,
                                  **self.lr_fields(t.lr if lr is None else lr))
         return train(self.w.data, proxy, model=self.s.model, dim=self.dim, config=cfg, seed=seed,
-                     engine_options=self.engine_options(sampled=False))
+                     engine_options=self.engine_options(sampled=False), device=self.device)
 
     # -- the pipeline's hooks (embadvisor.advisor.core.Evaluator) ------------------------------------
     def study_key(self) -> dict[str, Any]:
