@@ -34,13 +34,13 @@ def test_parse_budgets() -> None:
 def test_pareto_json_rows_frontier_and_infeasible_row(shared_data, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("EMBADVISOR_HOME", str(tmp_path))
     res = runner.invoke(app, [*_base(shared_data, tmp_path), "--methods", "hash,qr", "--budgets",
-                              "100B,20kB,60kB,150kB", "--study", "pf", "--json"])
+                              "50B,20kB,60kB,150kB", "--study", "pf", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     rows = out["rows"]
-    assert [r["budget_bytes"] for r in rows] == [100, 20_000, 60_000, 150_000]
+    assert [r["budget_bytes"] for r in rows] == [50, 20_000, 60_000, 150_000]
     assert rows[0]["feasible"] is False and "below every method" in rows[0]["reason"]
-    assert rows[0]["min_budget_bytes"] > 100
+    assert rows[0]["min_budget_bytes"] > 50
     ok = [r for r in rows if r["feasible"]]
     assert len(ok) == 3
     for r in ok:
@@ -57,7 +57,7 @@ def test_pareto_json_rows_frontier_and_infeasible_row(shared_data, tmp_path, mon
     assert {r["study"] for r in ok} <= {s["study"] for s in json.loads(hist.stdout)}
     # the rich table renders too (resumed studies: no new trials)
     res = runner.invoke(app, [*_base(shared_data, tmp_path), "--methods", "hash,qr", "--budgets",
-                              "100B,20kB,60kB,150kB", "--study", "pf"])
+                              "50B,20kB,60kB,150kB", "--study", "pf"])
     assert res.exit_code == 0, res.output
     assert "infeasible" in res.stdout and "frontier" in res.stdout
 
