@@ -99,7 +99,7 @@ def test_pareto_takes_shares(shared_data, tmp_path, monkeypatch) -> None:
                               "hash", "--trials", "1", "--rungs", "2048", "--threads", "1", "--json"])
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)["rows"]
-    assert [round(r["budget_share"], 6) for r in rows] == [0.1, 0.5]
+    assert [r["budget_share"] for r in rows] == pytest.approx([0.1, 0.5], rel=1e-3)  # bytes are whole
 
 
 @pytest.mark.parametrize("cmd", [["recommend", "--budget", "10%"], ["pareto", "--budgets", "10%,50%"],
