@@ -18,6 +18,7 @@ __all__ = [
     "check_fits_memory",
     "check_output_path",
     "check_seed",
+    "check_threads",
     "check_workers",
     "max_workers",
     "physical_memory_bytes",
@@ -28,6 +29,8 @@ __all__ = [
 MAX_SEED = 2**32 - 1
 #: at most this many worker processes per CPU core
 WORKERS_PER_CORE = 4
+#: at most this many torch threads per CPU core (a million crashed the OpenMP runtime with a segfault)
+THREADS_PER_CORE = 4
 
 
 def check_seed(seed: object, *, name: str = "seed") -> int:
@@ -41,19 +44,36 @@ def check_seed(seed: object, *, name: str = "seed") -> int:
 
 
 def check_output_path(path: str | Path, *, name: str = "output") -> Path:
-    """``path`` as a Path if a file can be written there: its folder exists and it is not a folder itself.
+    """``path`` as a Path if a file can be written there: its folder exists, it is not a folder itself, and
+    the file can be opened for writing (a probe that leaves an existing file untouched and removes the one it
+    created), which catches names too long, symbolic-link loops, links into missing folders, named pipes and
+    folders nobody may write to (/proc, /sys).
 
     Called before long work starts, so a typo in ``-o`` costs nothing.
     """
     path = Path(path).expanduser()
-    if path.is_dir():
+    parent = path.parent
+    try:  # Path.is_dir raises on some errors, e.g. a name too long
+        is_dir, parent_is_dir = path.is_dir(), parent.is_dir()
+    except OSError as e:
+        raise DataError(f"`{name}` must be a file that can be written, but got {name}={str(path)!r} "
+                        f"({e.strerror or e}). Pick another path.") from None
+    if is_dir:
         raise DataError(f"`{name}` must be a file path, but got {name}={str(path)!r}, which is a directory. "
                         "Add a file name.")
-    parent = path.parent
-    if not parent.is_dir():
+    if not parent_is_dir:
         what = "is not a directory" if parent.exists() else "does not exist"
         raise DataError(f"`{name}` must be in an existing directory, but got {name}={str(path)!r} "
                         f"({str(parent)!r} {what}). Create the directory first or pick another path.")
+    existed = os.path.exists(path)  # follows links: a dangling link's target is created by the probe
+    try:  # append, no truncation: an existing file keeps its content; non-blocking: a pipe without reader fails
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK, 0o666)
+    except OSError as e:
+        raise DataError(f"`{name}` must be a file that can be written, but got {name}={str(path)!r} "
+                        f"({e.strerror or e}). Pick another path.") from None
+    os.close(fd)
+    if not existed:
+        os.unlink(os.path.realpath(path))
     return path
 
 
@@ -83,6 +103,18 @@ def check_workers(workers: object, *, name: str = "workers") -> int:
             "processes on more machines."
         )
     return workers
+
+
+def check_threads(threads: object, *, name: str = "threads") -> int:
+    """``threads`` as an int in ``[1, THREADS_PER_CORE * cores]`` (torch threads of one process)."""
+    cap = THREADS_PER_CORE * (os.cpu_count() or 1)
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= cap:
+        raise InvalidConfigError(
+            f"`{name}` must be an integer in [1, {cap}] ({THREADS_PER_CORE} per CPU core; this machine has "
+            f"{os.cpu_count() or 1}), but got {name}={threads!r}. Pass at most the number of cores, e.g. "
+            f"--{name} {os.cpu_count() or 1}."
+        )
+    return threads
 
 
 def physical_memory_bytes() -> int | None:

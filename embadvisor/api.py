@@ -19,6 +19,7 @@ task's embedding dim, times the share.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,9 +137,9 @@ def prepare_recommend(
 ) -> RecommendJob:
     """Every check of :func:`recommend` on its inputs (before any data is read), then the workload and the
     settings: what :func:`recommend` runs. Same arguments as :func:`recommend`."""
-    from embadvisor._checks import check_output_path, check_seed, check_workers
+    from embadvisor._checks import check_output_path, check_seed, check_threads, check_workers
     from embadvisor.advisor.storage import check_storage_url, open_storage
-    from embadvisor.advisor.workloads import load_workload
+    from embadvisor.advisor.workloads import check_data_options, load_workload
     from embadvisor.methods import get_method
     from embadvisor.tasks.api import check_model
 
@@ -154,6 +155,8 @@ def prepare_recommend(
     check_seed(seed)
     check_storage_url(storage)
     check_workers(workers)
+    if threads is not None:
+        check_threads(threads)
     check_model(task, model)
     limit = _seconds(time_limit, "time_limit")
     method_list = _names(methods)
@@ -173,6 +176,7 @@ def prepare_recommend(
         from embadvisor.profiles import WorkloadProfile, resolve_profile
 
         target = profile if isinstance(profile, WorkloadProfile) else resolve_profile(str(profile))
+    check_data_options(data, fmt=fmt, label=label, fields=fields)  # before the built-in workload is prepared
     if data is None and target is None and on_phase:
         on_phase(f"preparing the built-in {task} workload")
     workload = load_workload(task, data, target, fmt=fmt, label=label, fields=_names(fields), seed=seed)
@@ -239,7 +243,7 @@ def train(
     per device).
     Returns a :class:`~embadvisor.tasks.api.TrainReport` (its ``extra["warnings"]`` lists what the CLI
     prints as warnings)."""
-    from embadvisor._checks import check_seed
+    from embadvisor._checks import check_seed, check_threads
     from embadvisor.devices import resolve_device
     from embadvisor.methods import get_method
     from embadvisor.tasks.api import DEFAULT_DIM, check_model, convergence_config
@@ -251,9 +255,12 @@ def train(
     get_method(method)
     check_model(task, model)
     check_seed(seed)
+    if threads is not None:
+        check_threads(threads)
     parsed = parse_budget(budget) if budget is not None else None
-    if epochs is not None and not epochs > 0:
-        raise InvalidConfigError(f"`epochs` must be > 0, but got epochs={epochs!r}.")
+    if epochs is not None and not (math.isfinite(epochs) and epochs > 0):
+        raise InvalidConfigError(f"`epochs` must be a finite number > 0, but got epochs={epochs!r}. Pass e.g. "
+                                 "--epochs 10, or leave it out to train until validation stops improving.")
     limit = _seconds(time_limit, "time_limit")
     dev = resolve_device(device)
     td = load_task_data(task, data, fmt=fmt, label=label, fields=_names(fields), protocol=protocol, test_path=test,
@@ -262,6 +269,7 @@ def train(
     nbytes = None if parsed is None else resolve_budget(parsed, td.tables(dim), scope, optimizer)
     cfg = convergence_config(
         td, optimizer=optimizer, lr=lr, batch_size=batch_size, seed=seed, threads=threads, patience=patience,
-        max_samples=None if epochs is None else max(1, round(epochs * td.num_train)), time_budget_s=limit)
+        max_samples=None if epochs is None else max(1, round(min(epochs * td.num_train, 2.0**62))),
+        time_budget_s=limit)
     return train_task(td, method, budget_bytes=nbytes, scope=scope, model=model, dim=dim, config=cfg, seed=seed,
                       device=dev)

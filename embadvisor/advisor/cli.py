@@ -430,8 +430,8 @@ def recommend(
         settings_v = vs.VectorSearchSettings(budget_bytes=parsed_budget.resolve(workload_v.data.full_bytes),
                                              methods=method_list, trials=trials or 24,
                                              time_limit_s=limit if limit is not None else 150.0, seed=seed)
-        report.console_err().print(f"[dim]{workload_v.description}[/]")
-        with report.SearchProgress(trials or 24, limit, enabled=not as_json) as progress:
+        with report.SearchProgress(trials or 24, limit, enabled=not as_json,
+                                   header=f"[dim]{workload_v.description}[/]") as progress:
             rec = vs.recommend_vectors(workload_v, settings_v, storage=storage, study_name=study, store=store_v,
                                        on_trial=progress.on_trial, on_phase=progress.on_phase)
         if output is not None:
@@ -448,8 +448,10 @@ def recommend(
             storage=storage, study=study, batch_size=batch_size, lr=lr, threads=threads, seed=seed,
             workers=workers, heartbeat=heartbeat, output=output, device=device,
         on_phase=lambda m: err.print(f"[dim]{m}...[/]"))
-        err.print(f"[dim]{job.workload.description}[/]")
-        with report.SearchProgress(None, limit, enabled=not as_json) as progress:
+        # the description and the display start with the first phase or trial: an error of the search's own
+        # checks (no method fits, a study made for another search) stays the only line on stderr
+        with report.SearchProgress(None, limit, enabled=not as_json,
+                                   header=f"[dim]{job.workload.description}[/]") as progress:
             rec = job.run(on_trial=progress.on_trial, on_phase=progress.on_phase)
     if output is not None:
         report.console_err().print(f"wrote {output}")

@@ -78,7 +78,7 @@ def build_workload(task: str, *, data: Path | None = None, profile_spec: str | N
                    label: str | None = None, fields: str | None = None, seed: int = 0,
                    on_progress: Callable[[str], None] | None = None) -> Any:
     """The workload as ``embadvisor recommend`` builds it from the same options (loaded once)."""
-    from embadvisor.advisor.workloads import load_workload
+    from embadvisor.advisor.workloads import check_data_options, load_workload
 
     if task not in ("ctr", "retrieval"):
         raise InvalidConfigError(f"`task` must be 'ctr' or 'retrieval', but got task={task!r}.")
@@ -87,6 +87,7 @@ def build_workload(task: str, *, data: Path | None = None, profile_spec: str | N
         from embadvisor.profiles import resolve_profile
 
         target = resolve_profile(profile_spec)
+    check_data_options(data, fmt=fmt, label=label, fields=fields)  # before the built-in workload is prepared
     if data is None and target is None and on_progress:
         on_progress(f"preparing the built-in {task} workload...")
     field_list = [f.strip() for f in fields.split(",") if f.strip()] if fields else None

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from embadvisor.advisor.frontier import pareto_frontier
-from embadvisor.errors import EmbAdvisorError, InvalidConfigError
+from embadvisor.errors import DataError, EmbAdvisorError, InvalidConfigError
 from embadvisor.units import format_size
 
 __all__ = ["SUFFIXES", "StudyPlotData", "TrialPoint", "load_plot_data", "plot_study"]
@@ -205,10 +205,17 @@ def plot_study(name: str, output: str | Path, storage: str | None = None) -> Pat
     data = load_plot_data(name, storage)
     if path.parent and not path.parent.is_dir():
         raise InvalidConfigError(f"`output` must be in an existing folder, but got output={str(path)!r}.")
-    if suffix == ".html":
-        write_html(data, path)
-    else:
-        write_png(data, path)
+    from embadvisor._checks import check_output_path
+
+    check_output_path(path)
+    try:
+        if suffix == ".html":
+            write_html(data, path)
+        else:
+            write_png(data, path)
+    except OSError as e:  # e.g. the disk is full
+        raise DataError(f"cannot write `output` {str(path)!r}: {e.strerror or e}. Pick a path you can write "
+                        "to.") from None
     return path
 
 

@@ -175,9 +175,15 @@ def convergence_text(converged: bool, rise: float | None) -> str:
 
 
 class SearchProgress:
-    """A rich progress display on stderr: trials done, best so far, elapsed and remaining time."""
+    """A rich progress display on stderr: trials done, best so far, elapsed and remaining time.
 
-    def __init__(self, trials: int | None, time_limit: float | None, enabled: bool = True) -> None:
+    The display (and ``header``, a line such as the workload's description, printed with ``--json`` too)
+    starts with the first phase or trial, so an error raised by the checks before any work is the only
+    line on stderr.
+    """
+
+    def __init__(self, trials: int | None, time_limit: float | None, enabled: bool = True,
+                 header: str | None = None) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.enabled = enabled
@@ -188,20 +194,31 @@ class SearchProgress:
                                  TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console_err(),
                                  transient=False, disable=not enabled)
         self.task_id = self.progress.add_task("trials", total=trials, info="")
+        self.header = header
+        self.started = False
         import time
 
         self._t0 = time.perf_counter()
 
     def __enter__(self) -> SearchProgress:
-        self.progress.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
+        if self.started:
+            self.progress.__exit__(*exc)
+
+    def start(self) -> None:
+        """Print the header and show the display (once; the first phase or trial calls it)."""
+        if not self.started:
+            self.started = True
+            if self.header:
+                console_err().print(self.header)
+            self.progress.start()
 
     def on_trial(self, study: Any, trial: Any) -> None:
         import time
 
+        self.start()
         if trial.value is not None and (self.best is None or trial.value > self.best):
             self.best = trial.value
         done = sum(1 for t in study.trials if t.state.is_finished())
@@ -214,6 +231,7 @@ class SearchProgress:
 
     def on_phase(self, phase: str) -> None:
         """Show the phase; a phase with details after a colon is also printed as a line on stderr."""
+        self.start()
         head, _, detail = phase.partition(":")
         if detail:  # e.g. the estimate: on stderr with --json too
             (self.progress.console if self.enabled else console_err()).print(f"[dim]{phase}[/]")

@@ -58,7 +58,7 @@ from embadvisor.devices import release_device_memory
 from embadvisor.errors import DeviceOutOfMemory, InvalidConfigError
 from embadvisor.methods import Plan, get_method, list_methods, solve
 from embadvisor.tasks.api import TrainReport, convergence_config, serve_bytes_over, train
-from embadvisor.tasks.trainer import TrainConfig, TrainingDiverged, default_eval_every
+from embadvisor.tasks.trainer import MAX_LR, TrainConfig, TrainingDiverged, default_eval_every
 from embadvisor.units import format_size
 from embadvisor.version import __version__
 
@@ -134,6 +134,10 @@ class SearchSettings:
             raise InvalidConfigError(f"`scope` must be 'serve' or 'train', but got scope={self.scope!r}.")
         if self.trials is not None and self.trials < 1:
             raise InvalidConfigError(f"`trials` must be >= 1, but got trials={self.trials!r}.")
+        if self.search_lr and self.train.lr * LR_RANGE[1] > MAX_LR:  # sampled trials train at up to 10x the base
+            raise InvalidConfigError(
+                f"`lr` must be at most {MAX_LR / LR_RANGE[1]:g} (sampled trials search up to {LR_RANGE[1]:g}x "
+                f"of it), but got lr={self.train.lr!r}. Pass a learning rate such as --lr 0.001.")
         if self.retrain_top < 1 or self.retrain_seeds < 1:
             raise InvalidConfigError("`retrain_top` and `retrain_seeds` must be >= 1, but got "
                                      f"retrain_top={self.retrain_top!r}, retrain_seeds={self.retrain_seeds!r}.")
@@ -217,7 +221,7 @@ class Search(Evaluator):
         self.ratio = settings.budget_bytes / self.target_full
         self.proxy_budget = self.ratio * self.proxy_full
         names = settings.methods or tuple(list_methods())
-        self.plans = {m: self.solve_target(m, 1.0, {}) for m in names}
+        self.plans = {m: self._plan(m) for m in names}
         self.feasible = [m for m, p in self.plans.items() if p.feasible]
         #: rung-0 candidates
         self.n_candidates = settings.trials or 2 * max(1, len(self.feasible))
@@ -265,6 +269,21 @@ class Search(Evaluator):
     def solve_target(self, method: str, use: float, fixed: dict[str, Any]) -> Plan:
         return solve(method, self.target_tables, self.s.budget_bytes * use, scope=self.s.scope,
                      optimizer=self.s.train.optimizer, fixed=fixed)
+
+    def _plan(self, method: str) -> Plan:
+        """The method's plan for the target; infeasible too when its share of the budget does not fit the
+        proxy trained here (whose small fields keep 16 ids, so its scaled budget can miss their minimum), with
+        the target budget the proxy needs as the minimum."""
+        plan = self.solve_target(method, 1.0, {})
+        if not (plan.feasible and self.w.proxy):
+            return plan
+        proxy = self.solve_proxy(method, 1.0, {})
+        if proxy.feasible:
+            return plan
+        need = max(plan.min_budget_bytes, math.ceil(proxy.min_budget_bytes * self.target_full / self.proxy_full))
+        return dataclasses.replace(plan, feasible=False, min_budget_bytes=need,
+                                   reason=f"the proxy trained here needs at least {format_size(need)} of the "
+                                          "target's budget")
 
     def solve_proxy(self, method: str, use: float, fixed: dict[str, Any]) -> Plan:
         if not self.w.proxy:

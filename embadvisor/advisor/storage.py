@@ -133,6 +133,23 @@ def normalise_url(url: str) -> str:
                           "Install one with: pip install 'embadvisor[postgres]'.")
 
 
+def _check_journal(path: Path) -> None:
+    """Refuse a file that exists and is not an Optuna journal (its log lines are JSON objects): Optuna appended
+    to it and failed later with a JSONDecodeError or an AssertionError."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise EmbAdvisorError(f"cannot read the journal file {str(path)!r}: {e.strerror or e}. Pass a journal "
+                              "file you can read and write, or a new path ending in .log.") from None
+    if head and head != b"{":
+        raise EmbAdvisorError(f"`storage` must be an Optuna journal file, but got storage={str(path)!r}, which "
+                              "holds something else. Pass a new path ending in .log, or the journal the study "
+                              "was created in.")
+
+
 def open_storage(url: str | None, *, heartbeat_s: int | None = None) -> Any:
     """An Optuna storage for ``url`` (SQLite/PostgreSQL/MySQL URL, or a journal ``.log`` file).
 
@@ -147,7 +164,10 @@ def open_storage(url: str | None, *, heartbeat_s: int | None = None) -> Any:
             from optuna.storages.journal import JournalFileBackend
 
             Path(url).parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(url))
+            _check_journal(Path(url))
+            journal = JournalStorage(JournalFileBackend(url))
+            journal.get_all_studies()  # replays the log now: a corrupt line is an error here, not a traceback later
+            return journal
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.RDBStorage(url)

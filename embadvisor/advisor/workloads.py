@@ -32,8 +32,8 @@ from embadvisor.profiles import get_preset
 from embadvisor.profiles.schema import FieldProfile, WorkloadProfile
 from embadvisor.tasks.api import TaskData
 
-__all__ = ["DEFAULTS", "Workload", "cache_dir", "default_workload", "load_workload", "proxy_profile",
-           "workload_from_data", "workload_from_spec"]
+__all__ = ["DEFAULTS", "Workload", "cache_dir", "check_data_options", "default_workload", "load_workload",
+           "proxy_profile", "workload_from_data", "workload_from_spec"]
 
 #: task -> (target preset, proxy ids, proxy rows)
 DEFAULTS = {"ctr": ("criteo-kaggle", 100_000, 60_000), "retrieval": ("retrieval-catalog", 12_000, 100_000)}
@@ -146,6 +146,18 @@ def workload_from_data(task: str, data: TaskData, profile: WorkloadProfile | Non
     return Workload(task, profile, data, bigger, desc)
 
 
+def check_data_options(data: str | Path | None, *, fmt: str | None = None, label: str | None = None,
+                       fields: Any = None) -> None:
+    """Refuse ``fmt``/``label``/``fields`` without ``data``: they describe a data file, and the built-in
+    workload used to ignore them without a word."""
+    if data is None:
+        for k, v in (("format", fmt), ("label", label), ("fields", fields)):
+            if v is not None:
+                raise InvalidConfigError(f"`{k}` must come with --data (it describes the data file), but got "
+                                         f"{k}={v!r} without --data. Pass --data FILE, or drop --{k} to use the "
+                                         "built-in workload.")
+
+
 def load_workload(
     task: str,
     data: str | Path | None = None,
@@ -161,6 +173,7 @@ def load_workload(
     The returned workload carries a JSON-able ``spec`` (data location, reader options, the target
     profile itself) so another process can rebuild it with :func:`workload_from_spec`.
     """
+    check_data_options(data, fmt=fmt, label=label, fields=fields)
     if data is None and profile is None:
         return default_workload(task, seed=seed)
     if data is None:

@@ -113,7 +113,7 @@ def profile_from_text(text: str, *, fmt: str, origin: str = "profile") -> Worklo
     """Parse TOML or JSON text into a validated profile."""
     try:
         data = json.loads(text) if fmt == "json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+    except ValueError as e:  # JSONDecodeError, TOMLDecodeError, and integers of more than 4300 digits
         raise DataError(f"{origin} is not valid {fmt.upper()}: {e}. Fix the syntax or regenerate it with "
                         "`embadvisor profile DATA -o profile.toml`.") from None
     except RecursionError:  # e.g. [[[[...]]]] a thousand deep: the parsers recurse per level

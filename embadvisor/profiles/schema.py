@@ -21,6 +21,7 @@ from embadvisor.units import DTYPE_BYTES
 
 __all__ = [
     "MAX_EMBEDDING_DIM",
+    "MAX_NAME_LENGTH",
     "MAX_NUM_EMBEDDINGS",
     "PROFILE_VERSION",
     "RANK_FRACTIONS",
@@ -39,6 +40,9 @@ MAX_EMBEDDING_DIM = 2**16
 #: largest table a profile may state (2**40, about 1.1e12 rows: 100x the largest published tables), so
 #: rows x dim stays within torch's int64 element counts at every dim up to MAX_EMBEDDING_DIM
 MAX_NUM_EMBEDDINGS = 2**40
+#: longest profile name: it is a short label (preset name, file stem) that reports print and study names
+#: include; a 100,000-character name took rich a minute to print
+MAX_NAME_LENGTH = 1024
 #: Rank fractions (share of distinct ids, most frequent first) at which the cumulative share of
 #: occurrences is recorded; log-spaced so both the head and the tail are visible.
 RANK_FRACTIONS: tuple[float, ...] = (
@@ -81,8 +85,12 @@ class FrequencySummary:
     source: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "rank_fractions", tuple(float(x) for x in self.rank_fractions))
-        object.__setattr__(self, "cumulative_shares", tuple(float(x) for x in self.cumulative_shares))
+        for key in ("rank_fractions", "cumulative_shares"):
+            values = getattr(self, key)
+            if isinstance(values, str | bytes) or not isinstance(values, Sequence | np.ndarray) or any(
+                    isinstance(x, bool) or not isinstance(x, int | float | np.number) for x in values):
+                raise _bad(key, "a list of numbers", values)
+            object.__setattr__(self, key, tuple(float(x) for x in values))
         if not _is_int(self.total, 0):
             raise _bad("total", "an integer >= 0", self.total)
         if not _is_int(self.missing, 0):
@@ -292,6 +300,11 @@ class WorkloadProfile:
             raise _bad("num_dense", "an integer >= 0", self.num_dense)
         if not _is_int(self.embedding_dim, 1, MAX_EMBEDDING_DIM):
             raise _bad("embedding_dim", f"an integer in [1, {MAX_EMBEDDING_DIM}]", self.embedding_dim)
+        if not isinstance(self.name, str) or len(self.name) > MAX_NAME_LENGTH:
+            shown = f"{self.name[:40]!r}... ({len(self.name):,} characters)" if isinstance(self.name, str) \
+                else repr(self.name)
+            raise InvalidConfigError(f"`name` must be a string of at most {MAX_NAME_LENGTH} characters, but got "
+                                     f"name={shown}. Give the profile a short name.")
         if self.dtype not in ("fp32", "fp16", "bf16"):
             raise _bad("dtype", "one of fp32, fp16, bf16", self.dtype)
 

@@ -665,6 +665,9 @@ def _resolve_format(output: Path, fmt: str | None) -> str:
 
 
 def _check_output(output: Path) -> None:
+    from embadvisor._checks import check_output_path
+
+    check_output_path(output)  # names too long, link loops, unwritable folders (/proc, /sys)
     if output.is_dir():
         raise DataError(f"`output` must be a file path, but got output={str(output)!r}, which is a directory.")
     parent = output.parent
@@ -768,19 +771,24 @@ def generate(
     output = Path(output)
     _check_output(output)
     fmt_name = _resolve_format(output, fmt)
-    if profile.task == "retrieval":
-        if fmt_name == "criteo":
-            raise InvalidConfigError(
-                "`format` must be parquet or csv for a retrieval profile, but got format='criteo'. "
-                "Write a .parquet or .csv file instead."
-            )
-        result = _generate_retrieval(profile, rows, output, fmt_name, seed, chunk_rows, num_candidates,
-                                     float(temperature), progress)
-    else:
-        if learnable_rows is not None:
-            learnable_rows = _check_int("learnable_rows", learnable_rows, 1)
-        r0 = _R0 if learnable_rows is None else learnable_rows / FULL_STRENGTH_COUNT
-        result = _generate_ctr(profile, rows, output, fmt_name, seed, chunk_rows, float(signal), progress, r0)
+    if profile.task == "retrieval" and fmt_name == "criteo":
+        raise InvalidConfigError(
+            "`format` must be parquet or csv for a retrieval profile, but got format='criteo'. "
+            "Write a .parquet or .csv file instead."
+        )
+    try:
+        if profile.task == "retrieval":
+            result = _generate_retrieval(profile, rows, output, fmt_name, seed, chunk_rows, num_candidates,
+                                         float(temperature), progress)
+        else:
+            if learnable_rows is not None:
+                learnable_rows = _check_int("learnable_rows", learnable_rows, 1)
+            r0 = _R0 if learnable_rows is None else learnable_rows / FULL_STRENGTH_COUNT
+            result = _generate_ctr(profile, rows, output, fmt_name, seed, chunk_rows, float(signal), progress,
+                                   r0)
+    except OSError as e:  # the disk filled up, the folder went away, ...
+        raise DataError(f"cannot write `output` {str(output)!r}: {e.strerror or e}. Pick a path you can write "
+                        "to, with room for the file.") from None
     result.seconds = time.perf_counter() - t_start
     result.bytes = output.stat().st_size
     return result

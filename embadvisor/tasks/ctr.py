@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from embadvisor import devices
+from embadvisor._checks import check_fits_memory
 from embadvisor.errors import UnknownNameError, suggest
 from embadvisor.methods import EmbeddingCollection
 from embadvisor.profiles.schema import TableSpec
@@ -115,6 +116,10 @@ class CtrModel(nn.Module):
         raise NotImplementedError
 
 
+#: training bytes per dense fp32 weight: the weight, its gradient and Adam's two moments
+TRAIN_BYTES_PER_WEIGHT = 16
+
+
 class DLRM(CtrModel):
     """DLRM: bottom MLP for dense features, pairwise dot interactions, top MLP (Naumov et al., 2019)."""
 
@@ -133,7 +138,13 @@ class DLRM(CtrModel):
         # a single vector (one field, no dense features) has no pairs: the top MLP reads the vector itself
         # instead of an empty interaction (which would leave the model nothing to learn from)
         self.single = pairs == 0
-        self.top = mlp([(num_fields * dim if self.single else pairs) + (dim if num_dense else 0), *top, 1])
+        width = (num_fields * dim if self.single else pairs) + (dim if num_dense else 0)
+        # the pairs grow with the square of the fields: 3,000 fields made a 4.5M-wide first layer (2.3G
+        # weights) that took minutes to allocate; refuse it before allocating when it cannot fit
+        check_fits_memory(TRAIN_BYTES_PER_WEIGHT * width * (top[0] if top else 1),
+                          what=f"DLRM's top MLP over the {pairs:,} pairwise interactions of {n:,} features",
+                          fix="use --model dcn, wdl or deepfm (linear in the fields), or select fewer --fields")
+        self.top = mlp([width, *top, 1])
 
     def head(self, e: torch.Tensor, dense: torch.Tensor | None) -> torch.Tensor:
         if self.bottom is not None and dense is not None:

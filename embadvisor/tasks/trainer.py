@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from embadvisor import devices
+from embadvisor._checks import check_threads
 from embadvisor._constraints import Interval, Options, validate_fields
 from embadvisor.errors import EmbAdvisorError
 from embadvisor.kernels.hugepages import hugepage_empty
@@ -38,6 +39,11 @@ __all__ = ["FitResult", "TrainConfig", "TrainingDiverged", "TaskEngine", "curve_
 
 class TrainingDiverged(EmbAdvisorError):
     """The loss became NaN or infinite."""
+
+
+#: largest learning rate (the optimizers hold it as float32; 1e300 overflowed inside them). A search's
+#: base rate may be a tenth of it, as its sampled trials go up to 10x the base.
+MAX_LR = 1e4
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,7 @@ class TrainConfig:
     """
 
     optimizer: str = field(default="adam", metadata={"constraint": Options({"adam", "adagrad", "sgd"})})
-    lr: float = field(default=1e-3, metadata={"constraint": Interval(float, 0, None, "neither")})
+    lr: float = field(default=1e-3, metadata={"constraint": Interval(float, 0, MAX_LR, "right")})
     embedding_lr: float | None = None
     batch_size: int = field(default=4096, metadata={"constraint": Interval(int, 1, None)})
     epochs: float = field(default=1.0, metadata={"constraint": Interval(float, 0, None, "neither")})
@@ -93,6 +99,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         validate_fields(self)
+        if self.threads is not None:
+            check_threads(self.threads)
 
 
 class TaskEngine(Protocol):
