@@ -105,8 +105,9 @@ def top_candidates(study: optuna.Study, n: int) -> list[Candidate]:
     return out
 
 
-#: smallest relative difference in measured serving latency that separates two tied candidates
-LATENCY_TOLERANCE = 0.10
+#: smallest relative difference in measured serving latency that separates two tied candidates: the same
+#: module measured 4.3 and 5.3 ms in one run on a loaded 2-core machine (22%)
+LATENCY_TOLERANCE = 0.25
 
 
 class TieBreak:
