@@ -441,13 +441,11 @@ def recommend(
     else:
         from embadvisor.api import prepare_recommend
 
-        err = report.console_err()
         job = prepare_recommend(
             budget, task=task, data=data, profile=profile_spec, scope=budget_scope, fmt=fmt, label=label,
             fields=fields, model=model, methods=method_list, trials=trials, rungs=rungs, time_limit=limit,
             storage=storage, study=study, batch_size=batch_size, lr=lr, threads=threads, seed=seed,
-            workers=workers, heartbeat=heartbeat, output=output, device=device,
-        on_phase=lambda m: err.print(f"[dim]{m}...[/]"))
+            workers=workers, heartbeat=heartbeat, output=output, device=device)  # errors stay one line
         # the description and the display start with the first phase or trial: an error of the search's own
         # checks (no method fits, a study made for another search) stays the only line on stderr
         with report.SearchProgress(None, limit, enabled=not as_json,

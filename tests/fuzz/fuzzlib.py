@@ -378,8 +378,8 @@ def _profile_mutations() -> list[tuple[str, Any]]:
     muts.append(("field no num_embeddings", lambda d: (d["fields"][0].pop("num_embeddings"), d)[1]))
     muts.append(("field is a list", lambda d: (d["fields"].__setitem__(0, [1, 2]), d)[1]))
     muts.append(("duplicate field names", lambda d: (d["fields"].append(dict(d["fields"][0])), d)[1]))
-    muts.append(("10000 fields", lambda d: {**d, "fields": [
-        {"name": f"f{i}", "num_embeddings": 10 + i} for i in range(10_000)]}))
+    muts.append(("300 fields", lambda d: {**d, "fields": [
+        {"name": f"f{i}", "num_embeddings": 10 + i} for i in range(300)]}))
     muts.append(("all fields 2**40", lambda d: {**d, "fields": [
         {"name": f"f{i}", "num_embeddings": 2**40} for i in range(64)]}))
     for v in ([0.1, 0.2], [1.0] * 17, [0.9] * 16 + [0.5], [float("nan")] * 17, "x", [None] * 17):
